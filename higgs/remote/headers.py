@@ -1,0 +1,73 @@
+"""Header handling for the proxy path: what is forwarded, how credentials travel, retry-after parsing."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+
+from multidict import CIMultiDict
+
+#: Never forwarded in either direction (RFC 9110 section 7.6.1 plus framing headers aiohttp sets itself).
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
+})
+#: Dropped from client requests: compression is negotiated per hop; credentials are re-issued explicitly.
+REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "authorization", "x-api-key", "cookie"}
+#: Response headers the gateway sets itself (``content-encoding`` stays: bodies are relayed undecoded).
+RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for key, value in headers:
+        if key.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def filter_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
+    """Headers minus ``drop`` and those listed in ``Connection``; repeated headers are kept in order."""
+    pairs = list(headers)
+    dropped = drop | _connection_tokens(pairs)
+    return [(k, v) for k, v in pairs if k.lower() not in dropped and not k.lower().startswith("x-higgs-")]
+
+
+def client_credential(headers: Mapping[str, str]) -> str | None:
+    """The API key a client sent as ``Authorization: Bearer K`` or ``x-api-key: K``."""
+    ci = CIMultiDict(headers)
+    auth = ci.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return ci.get("x-api-key") or None
+
+
+def same_secret(a: str, b: str | None) -> bool:
+    """Constant-time comparison of two credentials."""
+    return b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or an HTTP date), or None."""
+    ci = CIMultiDict(headers)
+    try:
+        if ms := ci.get("retry-after-ms"):
+            return max(0.0, float(ms) / 1000)
+        if value := ci.get("retry-after"):
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every non-empty secret replaced by ``***`` (upstreams sometimes echo keys)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
