@@ -1,0 +1,406 @@
+"""Tiny random-weight MLX models for tests: one complete model directory per ``model_type`` in seconds.
+
+``build_tiny_model("qwen3", tmp_path / "qwen3")`` writes what ``mlx_lm.convert`` would: ``config.json`` with
+the keys mlx-lm's ``ModelArgs`` for that ``model_type`` expects (scaled down to hidden 64, 2 layers, 4 heads,
+2 KV heads), ``model.safetensors`` saved from an instance of mlx-lm's own ``Model`` class (optionally
+quantized with mlx-lm's quantizer), and a synthetic byte-level BPE tokenizer (``tokenizer.json``,
+``tokenizer_config.json``, ``special_tokens_map.json``) whose every id decodes, with a ChatML-like chat
+template by default. The weights are random, so the text is gibberish, but mlx-lm and higgs must agree on it
+token for token.
+
+By default (``plain_output=True``) the output-projection rows of every special token and of every byte
+token that is not printable ASCII are zeroed, so greedy decoding emits printable ASCII text only: comparing
+streamed text with mlx-lm's is then exact, and no reasoning or tool-call tag appears by chance. Pass
+``plain_output=False`` to test EOS, special tokens or UTF-8 split across tokens.
+
+mlx and mlx-lm are imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "DEFAULT",
+    "SPECIAL_TOKENS",
+    "TINY_CONFIGS",
+    "build_tiny_model",
+    "tiny_config",
+]
+
+
+class _Default:
+    """Sentinel type: "use the default chat template"."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+
+#: ChatML with string or list-of-text-parts content, ``add_generation_prompt`` and Qwen3's
+#: ``enable_thinking=False`` switch (an empty think block), like the real Qwen templates.
+CHATML_TEMPLATE: Final = (
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set content = message['content'] %}"
+    "{%- elif message['content'] is none %}{%- set content = '' %}"
+    "{%- else %}{%- set content = message['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join('') %}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+#: Special tokens of the synthetic tokenizer, placed at the top of the vocabulary. They cover the turn,
+#: stop, reasoning and tool-call markers of every family higgs ships, so family knowledge can be tested.
+SPECIAL_TOKENS: Final[tuple[str, ...]] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+    "<|end|>",
+    "[INST]",
+    "[/INST]",
+    "[TOOL_CALLS]",
+    "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>",
+)
+
+_EOS: Final = "<|im_end|>"
+_PAD: Final = "<|endoftext|>"
+_VOCAB_SIZE: Final = 384
+
+_COMMON: Final[dict[str, Any]] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": _VOCAB_SIZE,
+    "max_position_embeddings": 2048,
+    "rope_theta": 10000.0,
+}
+
+#: Per ``model_type``: the keys its real ``config.json`` carries (those mlx-lm's ``ModelArgs`` reads),
+#: scaled down. Merged over ``_COMMON``; ``None`` removes a common key the family does not use.
+TINY_CONFIGS: Final[dict[str, dict[str, Any]]] = {
+    "llama": {"head_dim": 16, "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False},
+    "mistral": {"head_dim": 16, "tie_word_embeddings": False, "sliding_window": None},
+    "qwen2": {"tie_word_embeddings": True, "rope_theta": 1000000.0},
+    "qwen3": {"head_dim": 16, "tie_word_embeddings": True, "rope_theta": 1000000.0},
+    "qwen3_moe": {
+        "head_dim": 16,
+        "tie_word_embeddings": False,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": True,
+    },
+    "qwen3_next": {
+        "head_dim": 16,
+        "tie_word_embeddings": False,
+        "linear_num_value_heads": 4,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_conv_kernel_dim": 4,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "decoder_sparse_step": 1,
+        "shared_expert_intermediate_size": 32,
+        "mlp_only_layers": [],
+        "moe_intermediate_size": 32,
+        "partial_rotary_factor": 0.25,
+        "norm_topk_prob": True,
+        # Layer 0 is a gated-delta-net (linear attention) layer, layer 1 full attention.
+        "full_attention_interval": 2,
+    },
+    "gemma2": {
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "rms_norm_eps": 1e-6,
+    },
+    "phi3": {"tie_word_embeddings": False, "original_max_position_embeddings": 2048},
+    "starcoder2": {"rms_norm_eps": None, "norm_epsilon": 1e-5, "tie_word_embeddings": True},
+    "deepseek_v2": {
+        "num_key_value_heads": 4,
+        "moe_intermediate_size": 32,
+        "n_shared_experts": 1,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "routed_scaling_factor": 1.0,
+        "kv_lora_rank": 16,
+        "q_lora_rank": None,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 16,
+        "v_head_dim": 16,
+        "topk_method": "greedy",
+        "moe_layer_freq": 1,
+        "first_k_dense_replace": 1,
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 512,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+        },
+    },
+}
+
+
+def tiny_config(model_type: str, **overrides: Any) -> dict[str, Any]:
+    """The scaled-down ``config.json`` dict for ``model_type`` (no quantization block yet).
+
+    Raises:
+        KeyError: no tiny config is known for ``model_type``.
+    """
+    if model_type not in TINY_CONFIGS:
+        known = ", ".join(sorted(TINY_CONFIGS))
+        raise KeyError(f"no tiny config for model_type {model_type!r} (known: {known})")
+    config: dict[str, Any] = {"model_type": model_type, **copy.deepcopy(_COMMON)}
+    for key, value in {**TINY_CONFIGS[model_type], **overrides}.items():
+        if value is None and key in _COMMON:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+def build_tiny_model(
+    model_type: str,
+    path: Path,
+    *,
+    seed: int = 0,
+    chat_template: str | _Default | None = DEFAULT,
+    quantize_bits: int | None = None,
+    group_size: int = 32,
+    dtype: str = "float32",
+    plain_output: bool = True,
+    embedding_std: float = 0.02,
+    **config_overrides: Any,
+) -> Path:
+    """Write a complete tiny MLX model directory for ``model_type`` at ``path`` and return ``path``.
+
+    Args:
+        model_type: a ``model_type`` of ``TINY_CONFIGS`` (the architecture is mlx-lm's, looked up the way
+            ``mlx_lm.load`` does, ``mistral`` -> ``llama`` included).
+        path: output directory (created; existing files are overwritten).
+        seed: seeds the weights and the synthetic vocabulary.
+        chat_template: the tokenizer's chat template; ``DEFAULT`` is ``CHATML_TEMPLATE``, ``None`` writes
+            a tokenizer without one.
+        quantize_bits: 4 or 8 for mlx-lm's affine quantization (``group_size``), None to keep ``dtype``.
+        group_size: quantization group size (hidden sizes are 64, so 32 or 64).
+        dtype: dtype of the non-quantized parameters and quantization scales.
+        embedding_std: standard deviation of the token embeddings (and of an untied LM head); mlx's
+            default N(0, 1) embeddings swamp two tiny layers, so the model would only echo its last token.
+        plain_output: zero the output rows of special and non-printable byte tokens (see module doc).
+        **config_overrides: replace or add ``config.json`` keys (``num_hidden_layers=1``, ...).
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_map
+    from mlx_lm.utils import _get_classes, quantize_model, save_config, save_model
+
+    config = tiny_config(model_type, **config_overrides)
+    vocab_size = int(config["vocab_size"])
+    tokens = _Vocabulary.build(vocab_size, seed)
+    config["eos_token_id"] = tokens.ids[_EOS]
+    config.setdefault("bos_token_id", None)
+    config.setdefault("pad_token_id", tokens.ids[_PAD])
+
+    mx.random.seed(seed)
+    model_class, args_class = _get_classes(config=config)
+    model: nn.Module = model_class(args_class.from_dict(config))
+    target = getattr(mx, dtype)
+    model.update(
+        tree_map(lambda v: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v, model.parameters())
+    )
+    _scale_embeddings(model, embedding_std)
+    if plain_output:
+        _silence_rows(model, tokens.silent_ids())
+    mx.eval(model.parameters())
+    if quantize_bits is not None:
+        model, config = quantize_model(model, config, group_size, quantize_bits)
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(path, model, donate_model=True)
+    save_config(config, config_path=path / "config.json")
+    template = CHATML_TEMPLATE if isinstance(chat_template, _Default) else chat_template
+    tokens.write(path, template)
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": config["eos_token_id"]}, indent=2))
+    return path
+
+
+def _scale_embeddings(model: Any, std: float) -> None:
+    """Redraw the token embeddings (and an untied LM head) from N(0, std), as Hugging Face initializes them."""
+    import mlx.core as mx
+
+    for owner in (model.model.embed_tokens, getattr(model, "lm_head", None)):
+        if owner is not None:
+            weight = owner.weight
+            owner.weight = (mx.random.normal(weight.shape) * std).astype(weight.dtype)
+
+
+def _silence_rows(model: Any, ids: list[int]) -> None:
+    """Zero the output-projection rows of ``ids`` (the LM head, or the tied embedding)."""
+    import mlx.core as mx
+
+    owner = getattr(model, "lm_head", None)
+    if owner is None:
+        owner = model.model.embed_tokens
+    weight = owner.weight
+    mask = mx.ones((weight.shape[0], 1), dtype=weight.dtype)
+    mask[mx.array(ids)] = 0
+    owner.weight = weight * mask
+
+
+class _Vocabulary:
+    """A synthetic byte-level BPE vocabulary: 256 byte symbols, merged pseudo-words, then specials."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[list[str]], specials: dict[str, int]) -> None:
+        self.vocab = vocab
+        self.merges = merges
+        self.ids = specials
+
+    @classmethod
+    def build(cls, vocab_size: int, seed: int) -> _Vocabulary:
+        """Fill ``vocab_size`` ids: bytes, merges in a valid BPE order, then ``SPECIAL_TOKENS``."""
+        n_regular = vocab_size - len(SPECIAL_TOKENS)
+        if n_regular < 256 + 8:
+            raise ValueError(f"vocab_size {vocab_size} is too small (at least {256 + 8 + len(SPECIAL_TOKENS)})")
+        symbol = _byte_symbols()
+        vocab = {symbol[b]: b for b in range(256)}
+        merges: list[list[str]] = []
+
+        def merge(left: str, right: str) -> None:
+            if left + right not in vocab and len(vocab) < n_regular:
+                vocab[left + right] = len(vocab)
+                merges.append([left, right])
+
+        space = symbol[ord(" ")]
+        rng = random.Random(seed)
+        syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+        while len(vocab) < n_regular:
+            word = "".join(rng.choice(syllables) for _ in range(rng.randint(1, 3)))
+            if rng.random() < 0.6:
+                word = space + word
+            prefix = word[0]
+            for char in word[1:]:
+                merge(prefix, char)
+                prefix += char
+        specials = {token: n_regular + i for i, token in enumerate(SPECIAL_TOKENS)}
+        return cls(vocab, merges, specials)
+
+    def silent_ids(self) -> list[int]:
+        """Ids greedy decoding should never pick in plain-output mode: specials and non-printable bytes."""
+        symbol = _byte_symbols()
+        printable = {symbol[b] for b in range(32, 127)} | {symbol[ord("\n")]}
+        silent = [i for tok, i in self.vocab.items() if len(tok) == 1 and tok not in printable]
+        return silent + sorted(self.ids.values())
+
+    def write(self, path: Path, chat_template: str | None) -> None:
+        """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
+        added = [
+            {
+                "id": i,
+                "content": tok,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for tok, i in self.ids.items()
+        ]
+        split = (
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+            r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        )
+        tokenizer = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": {"type": "NFC"},
+            "pre_tokenizer": {
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": False},
+                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+                ],
+            },
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": False,
+                "vocab": self.vocab,
+                "merges": self.merges,
+            },
+        }
+        config: dict[str, Any] = {
+            "added_tokens_decoder": {
+                str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added
+            },
+            "bos_token": None,
+            "eos_token": _EOS,
+            "pad_token": _PAD,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 2048,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        }
+        if chat_template is not None:
+            config["chat_template"] = chat_template
+        special_map = {"eos_token": _EOS, "pad_token": _PAD}
+        (path / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+        (path / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        (path / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2), encoding="utf-8")
+
+
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's byte -> printable character table used by byte-level BPE."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
