@@ -86,8 +86,8 @@ SPECIAL_TOKENS: Final[tuple[str, ...]] = (
     "[INST]",
     "[/INST]",
     "[TOOL_CALLS]",
-    "<｜begin▁of▁sentence｜>",
-    "<｜end▁of▁sentence｜>",
+    "<\uff5cbegin\u2581of\u2581sentence\uff5c>",  # DeepSeek's fullwidth bars
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
 )
 
 _EOS: Final = "<|im_end|>"
@@ -208,6 +208,7 @@ def build_tiny_model(
     dtype: str = "float32",
     plain_output: bool = True,
     embedding_std: float = 0.02,
+    weight_gain: float = 4.0,
     **config_overrides: Any,
 ) -> Path:
     """Write a complete tiny MLX model directory for ``model_type`` at ``path`` and return ``path``.
@@ -224,6 +225,9 @@ def build_tiny_model(
         dtype: dtype of the non-quantized parameters and quantization scales.
         embedding_std: standard deviation of the token embeddings (and of an untied LM head); mlx's
             default N(0, 1) embeddings swamp two tiny layers, so the model would only echo its last token.
+        weight_gain: factor on every other weight matrix; with mlx's default initialization two tiny layers
+            barely move the residual stream and greedy decoding repeats one token. The default makes the
+            output vary from token to token, so a wrong position or KV-cache shows.
         plain_output: zero the output rows of special and non-printable byte tokens (see module doc).
         **config_overrides: replace or add ``config.json`` keys (``num_hidden_layers=1``, ...).
     """
@@ -243,10 +247,8 @@ def build_tiny_model(
     model_class, args_class = _get_classes(config=config)
     model: nn.Module = model_class(args_class.from_dict(config))
     target = getattr(mx, dtype)
-    model.update(
-        tree_map(lambda v: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v, model.parameters())
-    )
-    _scale_embeddings(model, embedding_std)
+    model.update(tree_map(lambda v: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v, model.parameters()))
+    _rescale(model, embedding_std, weight_gain)
     if plain_output:
         _silence_rows(model, tokens.silent_ids())
     mx.eval(model.parameters())
@@ -262,10 +264,17 @@ def build_tiny_model(
     return path
 
 
-def _scale_embeddings(model: Any, std: float) -> None:
-    """Redraw the token embeddings (and an untied LM head) from N(0, std), as Hugging Face initializes them."""
+def _rescale(model: Any, std: float, gain: float) -> None:
+    """Redraw the token embeddings (and an untied LM head) from N(0, std); multiply other matrices by gain."""
     import mlx.core as mx
+    from mlx.utils import tree_map_with_path
 
+    def scale(path: str, value: mx.array) -> mx.array:
+        if value.ndim >= 2 and "embed_tokens" not in path and "lm_head" not in path:
+            return value * gain
+        return value
+
+    model.update(tree_map_with_path(scale, model.parameters()))
     for owner in (model.model.embed_tokens, getattr(model, "lm_head", None)):
         if owner is not None:
             weight = owner.weight
@@ -376,9 +385,7 @@ class _Vocabulary:
             },
         }
         config: dict[str, Any] = {
-            "added_tokens_decoder": {
-                str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added
-            },
+            "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added},
             "bos_token": None,
             "eos_token": _EOS,
             "pad_token": _PAD,
