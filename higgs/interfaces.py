@@ -255,6 +255,10 @@ class WireFormat(ABC):
         """Parse a client chat request."""
         raise NotImplementedError
 
+    def parse_count_tokens(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
+        """Parse a client token-count request (like a chat request, but e.g. without ``max_tokens``)."""
+        return self.parse_chat(body, headers)
+
     def render_chat(self, response: ChatResponse, request: ChatRequest) -> dict[str, Any]:
         """Render a full chat response."""
         raise NotImplementedError
@@ -302,8 +306,12 @@ class WireFormat(ABC):
         """Set the model in a same-format body before pass-through."""
         return {**body, "model": model}
 
-    def build_upstream_chat(self, request: ChatRequest) -> UpstreamCall:
-        """Build an upstream chat request from a canonical one (untranslatable fields dropped, logged)."""
+    def build_upstream_chat(self, request: ChatRequest, *, default_max_tokens: int | None = None) -> UpstreamCall:
+        """Build an upstream chat request from a canonical one (untranslatable fields dropped, logged).
+
+        ``default_max_tokens`` (the provider's setting) fills ``max_tokens`` when the client gave none and
+        the upstream format requires it.
+        """
         raise NotImplementedError
 
     def parse_upstream_chat(self, body: dict[str, Any]) -> ChatResponse:
@@ -322,9 +330,29 @@ class WireFormat(ABC):
         """Parse an upstream token-count response."""
         raise NotImplementedError
 
+    def build_upstream_completion(self, request: CompletionRequest) -> UpstreamCall:
+        """Build an upstream text-completion request (formats without one raise ``ApiError``)."""
+        raise NotImplementedError
+
+    def parse_upstream_completion(self, body: dict[str, Any]) -> CompletionResponse:
+        """Parse an upstream's full text-completion response."""
+        raise NotImplementedError
+
+    def parse_upstream_completion_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
+        """Parse an upstream's text-completion stream (``BlockDelta`` index = choice index)."""
+        raise NotImplementedError
+
+    def build_upstream_embedding(self, request: EmbeddingRequest) -> UpstreamCall:
+        """Build an upstream embeddings request (formats without one raise ``ApiError``)."""
+        raise NotImplementedError
+
+    def parse_upstream_embedding(self, body: dict[str, Any]) -> EmbeddingResponse:
+        """Parse an upstream's embeddings response."""
+        raise NotImplementedError
+
     @abstractmethod
-    def parse_upstream_error(self, status: int, body: bytes) -> ErrorInfo:
-        """Turn an upstream error response of this format into an ``ErrorInfo``."""
+    def parse_upstream_error(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> ErrorInfo:
+        """Turn an upstream error response of this format into an ``ErrorInfo`` (``retry-after`` from headers)."""
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """Headers that carry ``api_key`` to an upstream of this format."""

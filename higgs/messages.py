@@ -193,6 +193,8 @@ class ChatRequest(BaseModel):
     user: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
+    #: The wire format this request was parsed from; builders forward ``extra`` only to that same format.
+    source_format: str | None = None
 
     def system_text(self) -> str:
         """The system prompt as one string (blocks joined by blank lines)."""

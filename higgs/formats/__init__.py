@@ -1,0 +1,1 @@
+"""Built-in wire formats (OpenAI and Anthropic), registered through ``higgs_formats`` like any plugin."""
