@@ -37,6 +37,11 @@ class OllamaProvider(RemoteProvider):
 
 @hookimpl
 def higgs_providers() -> list[ProviderSpec]:
-    """Register the ``ollama`` provider kind."""
-    return [ProviderSpec(name="ollama", factory=OllamaProvider, formats=("openai",),
+    """Register the ``ollama`` provider kind.
+
+    It declares no ``formats`` so an ``[provider.X] format = "openai"`` section without a ``kind`` never
+    resolves to Ollama (whose defaults strip credentials); choose it with ``kind = "ollama"`` or by naming
+    the section ``[provider.ollama]``.
+    """
+    return [ProviderSpec(name="ollama", factory=OllamaProvider,
                          description="Ollama through its OpenAI-compatible API")]
