@@ -33,6 +33,7 @@ class ServerSettings(_Section):
     max_body_size: int = Field(DEFAULT_MAX_BODY, ge=1)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     batch: bool | None = None
+    assume_yes: bool = Field(False, description="answer yes to confirmations (model downloads); `serve --yes`")
 
 
 class ModelSettings(_Section):
