@@ -3,13 +3,13 @@ and the JSONL request log.
 
 Registered like any third-party plugin (entry point ``metrics`` in group ``higgs``) and blockable with
 ``--no-plugin metrics``. Each application gets its own ``MetricsSink`` (store + optional log writer),
-created in ``higgs_configure_app`` and fed by ``higgs_request_finished``.
+created in ``higgs_configure_app`` and fed by a ``higgs_request_finished`` listener registered into that
+application's plugin manager while it serves.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,8 +52,24 @@ class MetricsSink:
 
 
 METRICS: web.AppKey[MetricsSink] = web.AppKey("higgs.metrics")
-#: Sinks of the applications currently serving in this process.
-_SINKS: weakref.WeakSet[MetricsSink] = weakref.WeakSet()
+
+
+class _SinkHooks:
+    """Per-app hook object registered into that app's plugin manager while it serves.
+
+    Registering per app (instead of one module-level listener) keeps two apps in one process (tests, an
+    embedded gateway) from counting each other's requests.
+    """
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self.sink = sink
+
+    @hookimpl
+    def higgs_request_finished(self, record: RequestRecord) -> None:
+        try:
+            self.sink.add(record)
+        except Exception:  # fire-and-forget: a metrics bug must not break requests
+            log.exception("metrics: could not record request %s", record.request_id)
 
 
 def engine_state(app: web.Application) -> dict[str, dict[str, Any]]:
@@ -100,27 +116,23 @@ def higgs_configure_app(app: web.Application, settings: HiggsSettings) -> None:
     app.router.add_get("/metrics", metrics_json)
     app.router.add_get("/metrics/prometheus", metrics_prometheus)
 
-    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        _SINKS.add(sink)
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        from higgs.server.keys import REGISTRY
+
+        pm = app[REGISTRY].pm if REGISTRY in app else None
+        hooks = _SinkHooks(sink)
+        if pm is not None:
+            pm.register(hooks, name=f"metrics-sink-{id(hooks)}")
         if sink.writer is not None:
             sink.writer.start()
         try:
             yield
         finally:
-            _SINKS.discard(sink)
+            if pm is not None:
+                pm.unregister(hooks)
             sink.close()
 
     app.cleanup_ctx.append(lifecycle)
-
-
-@hookimpl
-def higgs_request_finished(record: RequestRecord) -> None:
-    """Feed the record to every serving app's sink; never raises."""
-    for sink in list(_SINKS):
-        try:
-            sink.add(record)
-        except Exception:  # fire-and-forget: a metrics bug must not break requests
-            log.exception("metrics: could not record request %s", record.request_id)
 
 
 @hookimpl
