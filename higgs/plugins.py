@@ -168,7 +168,7 @@ def load_plugins(
             try:
                 obj = ep.load()
             except Exception as err:  # a broken plugin must never take the server down with it
-                log.warning("plugin %s failed to load: %s: %s", ep.name, type(err).__name__, err)
+                log.debug("plugin %s failed to load: %s: %s", ep.name, type(err).__name__, err)
                 info.mark_error(err, "import")
                 continue
             _register(pm, ep.name, obj, info)
@@ -182,7 +182,7 @@ def _register(pm: pluggy.PluginManager, name: str, obj: object, info: PluginInfo
     try:
         pm.register(obj, name=name)
     except Exception as err:  # bad hookimpl signature, unknown hook name, duplicate object
-        log.warning("plugin %s failed to register: %s", name, err)
+        log.debug("plugin %s failed to register: %s", name, err)
         info.mark_error(err, "registration")
 
 

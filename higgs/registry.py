@@ -70,7 +70,7 @@ class Registry:
             try:
                 found = _collect(plugins, name)
             except Exception as err:
-                log.warning("plugin %s failed during registration: %s", name, err)
+                log.debug("plugin %s failed during registration: %s", name, err)
                 plugins.unregister(name, err, "registration")
                 continue
             try:

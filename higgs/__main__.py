@@ -1,0 +1,3 @@
+from higgs.cli import main
+
+raise SystemExit(main())
