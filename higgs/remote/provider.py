@@ -376,7 +376,7 @@ class RemoteProvider(Provider):
     def _local_count(self, raw: RawRequest, call: CallContext) -> RawResponse:
         try:
             body = json.loads(raw.body)
-            request = self.format.parse_chat(body, CIMultiDict(raw.headers))
+            request = self.format.parse_count_tokens(body, CIMultiDict(raw.headers))
         except ValueError as err:
             raise ApiError(400, "invalid_request", "The request body is not valid JSON.") from err
         payload = json.dumps(self.format.render_count_tokens(estimate_chat(request))).encode()

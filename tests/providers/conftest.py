@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -16,9 +15,6 @@ from higgs.remote.fake import FakeUpstream
 from higgs.testing import build_app, serve_app
 
 PROVIDER_PLUGINS = [("openai", higgs_openai), ("anthropic", higgs_anthropic), ("ollama", higgs_ollama)]
-HAS_ANTHROPIC_FORMAT = importlib.util.find_spec("higgs.formats.anthropic") is not None
-BUILTINS = ("openai-format", "anthropic-format", "routing") if HAS_ANTHROPIC_FORMAT else ("openai-format", "routing")
-needs_anthropic_format = pytest.mark.skipif(not HAS_ANTHROPIC_FORMAT, reason="higgs.formats.anthropic not built yet")
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ def gateway() -> Gateway:
 
     @asynccontextmanager
     async def run(config: dict[str, Any]) -> AsyncIterator[str]:
-        app = build_app(config, plugins=PROVIDER_PLUGINS, builtins=BUILTINS)
+        app = build_app(config, plugins=PROVIDER_PLUGINS)
         async with serve_app(app) as url:
             yield url
 

@@ -8,7 +8,6 @@ import json
 import aiohttp
 import openai
 import pytest
-from conftest import needs_anthropic_format
 
 from higgs.remote.fake import Behaviour
 
@@ -155,7 +154,6 @@ async def test_models_lists_provider_models(fake, gateway):
     assert "gpt-fake" in ids
 
 
-@needs_anthropic_format
 async def test_openai_client_to_anthropic_upstream_translates(fake, gateway):
     cfg = {"provider": {"claude": {"url": fake.url, "format": "anthropic", "default_max_tokens": 777}},
            "routes": [{"pattern": "claude", "provider": "claude"}]}
@@ -173,7 +171,6 @@ async def test_openai_client_to_anthropic_upstream_translates(fake, gateway):
         assert text == "Hello from the fake upstream!"
 
 
-@needs_anthropic_format
 async def test_anthropic_529_maps_to_503_for_openai_clients(fake, gateway):
     fake.script.append(Behaviour(status=529))
     cfg = {"provider": {"claude": {"url": fake.url, "format": "anthropic", "max_retries": 0}},

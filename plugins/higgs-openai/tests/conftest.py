@@ -10,8 +10,7 @@ from higgs_openai import OpenAIProvider
 
 from higgs.config import HiggsSettings, ProviderSettings
 from higgs.formats.openai import OpenAIFormat
-from higgs.interfaces import CallContext, ProviderContext, RouteDecision
-from higgs.messages import ChatRequest, Message, TextBlock
+from higgs.interfaces import ProviderContext
 from higgs.remote.fake import FakeUpstream
 
 
@@ -36,14 +35,3 @@ async def make_provider(fake: FakeUpstream) -> AsyncIterator[Callable[..., OpenA
     yield make
     for provider in made:
         await provider.close()
-
-
-def call(client_format: str = "anthropic", providers: tuple[str, ...] = ("oa",), model: str = "gpt-up",
-         headers: dict[str, str] | None = None) -> CallContext:
-    """A call as the gateway makes it: ``client_format`` != ``openai`` means translation."""
-    return CallContext(request_id="req-1", client_format=client_format, headers=headers or {},
-                       route=RouteDecision(providers, model, "pattern:test", "pattern"))
-
-
-def chat_request(text: str = "hi", model: str = "alias") -> ChatRequest:
-    return ChatRequest(model=model, messages=[Message(role="user", content=[TextBlock(text=text)])])

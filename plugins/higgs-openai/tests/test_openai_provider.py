@@ -7,12 +7,22 @@ import json
 import socket
 
 import pytest
-from conftest import call, chat_request
 
 from higgs.errors import ApiError, ConfigError, ProviderError
-from higgs.interfaces import RawRequest
-from higgs.messages import StreamError, StreamFinish, StreamStart, accumulate
+from higgs.interfaces import CallContext, RawRequest, RouteDecision
+from higgs.messages import ChatRequest, Message, StreamError, StreamFinish, StreamStart, TextBlock, accumulate
 from higgs.remote.fake import Behaviour
+
+
+def call(client_format: str = "anthropic", providers: tuple[str, ...] = ("oa",), model: str = "gpt-up",
+         headers: dict[str, str] | None = None) -> CallContext:
+    """A call as the gateway makes it: ``client_format`` != ``openai`` means translation."""
+    return CallContext(request_id="req-1", client_format=client_format, headers=headers or {},
+                       route=RouteDecision(providers, model, "pattern:test", "pattern"))
+
+
+def chat_request(text: str = "hi", model: str = "alias") -> ChatRequest:
+    return ChatRequest(model=model, messages=[Message(role="user", content=[TextBlock(text=text)])])
 
 
 def raw_request(body: dict, headers: list[tuple[str, str]] | None = None) -> RawRequest:
