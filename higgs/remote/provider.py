@@ -38,6 +38,7 @@ from higgs.remote.sse import stream_error_bytes
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
 #: Anthropic's ``overloaded_error`` status has no OpenAI equivalent; 503 is what OpenAI clients retry on.
 STATUS_FOR_TRANSLATION = {529: 503}
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 _NETWORK_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
@@ -153,8 +154,14 @@ class RemoteProvider(Provider):
     def _headers(self, forwarded: list[tuple[str, str]], client_headers: Mapping[str, str],
                  extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(forwarded)
-        for key, value in {**(extra or {}), **self.credential_headers(client_headers)}.items():
+        for key, value in (extra or {}).items():
             headers[key] = value
+        for key, value in self.credential_headers(client_headers).items():
+            # A format's auth headers may carry defaults (anthropic-version) the client's own value beats.
+            if key.lower() in CREDENTIAL_HEADERS:
+                headers[key] = value
+            else:
+                headers.setdefault(key, value)
         for key, value in {**self.default_headers, **self.options.headers}.items():
             headers.setdefault(key, value)
         return headers
@@ -333,7 +340,10 @@ class RemoteProvider(Provider):
         if self.settings.stub_count_tokens and raw.path.rstrip("/").endswith("/count_tokens"):
             return self._local_count(raw, call)
         url = self.url(raw.path) + (f"?{raw.query}" if raw.query else "")
-        headers = self._headers(filter_headers(raw.headers, REQUEST_DROP), call.headers)
+        client: Mapping[str, str] = CIMultiDict(raw.headers)
+        if client_credential(client) is None:
+            client = call.headers
+        headers = self._headers(filter_headers(raw.headers, REQUEST_DROP), client)
         self.in_flight += 1
         self.requests += 1
         try:
