@@ -1,0 +1,181 @@
+"""Local models for agents: reasoning, tool calls, tool_choice and structured output.
+
+The engine calls three functions (all cheap to import; outlines-core and mlx load on first use):
+
+- ``template_options(request, arch)`` before rendering the prompt: ``enable_thinking`` for families with a
+  thinking toggle and whether to pass the tools to the chat template (``tool_choice: none`` hides them).
+- ``make_output_parser(request, arch, tokenizer, prompt=...)`` -> an ``OutputParser`` that splits the
+  generated text into reasoning, answer text and tool calls in the family's syntax.
+- ``make_logits_processors(request, tokenizer, arch=..., prompt=..., max_tokens=...)`` -> mlx-lm logits
+  processors: the reasoning budget and the output constraint (``response_format`` json_schema /
+  json_object, or a forced tool call for ``tool_choice`` any/tool). Raises ``InvalidRequestError`` (400)
+  for an unsupported schema or a ``max_tokens`` too small for the format. Apply these after any
+  sampling-parameter processors (logit_bias, penalties), so nothing re-enables a masked token.
+
+Passing ``prompt`` (the rendered prompt text, or its tail) lets both know whether the chat template opened a
+reasoning block; ``max_tokens`` (the effective limit) makes the output constraint length-aware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from higgs.errors import InvalidRequestError
+from higgs.messages import ChatRequest
+
+if TYPE_CHECKING:
+    from higgs.specs import ArchitectureSpec
+
+    from higgs_mlx.output import OutputParser
+
+__all__ = [
+    "forced_call_regex",
+    "make_logits_processors",
+    "make_output_parser",
+    "output_regex",
+    "reasoning_budget",
+    "template_options",
+    "tools_active",
+]
+
+LogitsProcessor = Callable[[Any, Any], Any]
+
+
+def tools_active(request: ChatRequest) -> bool:
+    """The request has tools and ``tool_choice`` is not ``none``."""
+    return bool(request.tools) and not (request.tool_choice and request.tool_choice.type == "none")
+
+
+def _forced_tools(request: ChatRequest) -> list[Any]:
+    """The tools a forced call may use (``any``: all; ``tool``: the named one), or [] when not forced."""
+    choice = request.tool_choice
+    if not request.tools or choice is None or choice.type not in ("any", "tool"):
+        return []
+    if choice.type == "any":
+        return list(request.tools)
+    named = [t for t in request.tools if t.name == choice.name]
+    if not named:
+        raise InvalidRequestError(f"tool_choice names the tool '{choice.name}', which is not in tools.",
+                                  param="tool_choice")
+    return named
+
+
+def _structured(request: ChatRequest) -> bool:
+    fmt = request.response_format
+    return bool(fmt and fmt.type in ("json_object", "json_schema")) or bool(_forced_tools(request))
+
+
+def reasoning_budget(request: ChatRequest) -> int | None:
+    """Reasoning token budget from ``reasoning.budget_tokens`` or ``reasoning.effort`` (None: unlimited)."""
+    from higgs_mlx.agents.reasoning import EFFORT_BUDGETS
+
+    opts = request.reasoning
+    if opts is None:
+        return None
+    if opts.budget_tokens is not None:
+        return max(opts.budget_tokens, 0)
+    return EFFORT_BUDGETS.get(opts.effort) if opts.effort else None
+
+
+def template_options(request: ChatRequest, arch: ArchitectureSpec | None) -> dict[str, Any]:
+    """Chat-template decisions for this request.
+
+    Returns a dict with ``include_tools`` (False for ``tool_choice: none``: render without tools) and,
+    for families with ``thinking_toggle``, ``enable_thinking`` when the request decides it: False when
+    reasoning is disabled, effort is ``minimal``, or the output is constrained (a schema or forced call
+    starts at the first answer token); True when reasoning is explicitly enabled.
+    """
+    options: dict[str, Any] = {"include_tools": tools_active(request)}
+    if arch is not None and arch.thinking_toggle:
+        opts = request.reasoning
+        if (opts and opts.enabled is False) or reasoning_budget(request) == 0 or _structured(request):
+            options["enable_thinking"] = False
+        elif opts and opts.enabled:
+            options["enable_thinking"] = True
+    return options
+
+
+def make_output_parser(request: ChatRequest, arch: ArchitectureSpec | None, tokenizer: Any = None, *,
+                       prompt: str | None = None) -> OutputParser:
+    """The parser for this request's output: reasoning split (if the family has tags), then tool calls."""
+    from higgs_mlx.output import PlainTextParser
+
+    inner: OutputParser = PlainTextParser()
+    if tools_active(request):
+        from higgs_mlx.agents.syntaxes import get_syntax
+        from higgs_mlx.agents.toolcalls import ToolCallParser
+
+        inner = ToolCallParser(get_syntax(arch.tool_parser if arch else None), [t.name for t in request.tools])
+    tags = arch.reasoning_tags if arch else None
+    if tags:
+        from higgs_mlx.agents.reasoning import ReasoningParser, prompt_opens_reasoning
+
+        return ReasoningParser(tags, inner, in_reasoning=prompt_opens_reasoning(prompt, tags))
+    return inner
+
+
+def forced_call_regex(request: ChatRequest, arch: ArchitectureSpec | None) -> str | None:
+    """The regex of a valid call for ``tool_choice`` any/tool in the family's syntax, or None."""
+    tools = _forced_tools(request)
+    if not tools:
+        return None
+    from higgs_mlx.agents.schema import schema_to_regex
+    from higgs_mlx.agents.syntaxes import get_syntax
+
+    return get_syntax(arch.tool_parser if arch else None).forced_regex(tools, schema_to_regex)
+
+
+def output_regex(request: ChatRequest, arch: ArchitectureSpec | None = None) -> str | None:
+    """The regex the answer must match: a forced tool call, else the response format, else None."""
+    forced = forced_call_regex(request, arch)
+    if forced is not None:
+        return forced
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    from higgs_mlx.agents.schema import schema_to_regex
+
+    if fmt.type == "json_object":
+        return schema_to_regex({"type": "object"})
+    if not fmt.json_schema:
+        raise InvalidRequestError("response_format json_schema needs a 'schema'.", param="response_format")
+    return schema_to_regex(fmt.json_schema)
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    return list(hf.encode(text, add_special_tokens=False))
+
+
+def make_logits_processors(request: ChatRequest, tokenizer: Any, *, arch: ArchitectureSpec | None = None,
+                           prompt: str | None = None, max_tokens: int | None = None) -> list[LogitsProcessor]:
+    """mlx-lm logits processors for this request (empty when nothing is constrained).
+
+    Raises:
+        InvalidRequestError: unsupported schema feature, unknown forced tool, or ``max_tokens`` too small.
+    """
+    processors: list[LogitsProcessor] = []
+    tags = arch.reasoning_tags if arch else None
+    in_reasoning = False
+    if tags:
+        from higgs_mlx.agents.reasoning import ReasoningBudget, prompt_opens_reasoning
+
+        in_reasoning = prompt_opens_reasoning(prompt, tags)
+        budget = reasoning_budget(request)
+        if budget is not None:
+            processors.append(ReasoningBudget(budget, _ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]),
+                                              in_reasoning=in_reasoning))
+    regex = output_regex(request, arch)
+    if regex is not None:
+        from higgs_mlx.agents.constrain import RegexConstraint, compile_regex
+
+        start_after = None
+        if in_reasoning and tags:
+            start_after = _ids(tokenizer, tags[1])
+            regex = r"\s{0,2}" + regex  # the template's "</think>\n\n" spacing before the answer
+        limit = max_tokens if max_tokens is not None else request.max_tokens
+        compiled = compile_regex(tokenizer, regex)
+        processors.append(RegexConstraint(compiled, max_tokens=None if start_after else limit,
+                                          start_after=start_after))
+    return processors
