@@ -105,6 +105,7 @@ class ToolUpstream:
         self.text = "Hi from upstream"
         self.call_tool = False
         self.arguments: dict[str, Any] = {"command": "ls"}
+        self.tool: str | None = None  # the tool to call (None = the first defined)
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.url = ""
@@ -133,7 +134,13 @@ class ToolUpstream:
         self.paths.append(request.path)
         return body
 
+    def words(self) -> list[str]:
+        """``text`` in streamed pieces (each word after the first keeps its leading space)."""
+        return [w if i == 0 else " " + w for i, w in enumerate(self.text.split(" "))]
+
     def _tool_name(self, body: dict[str, Any]) -> str:
+        if self.tool is not None:
+            return self.tool
         tool = body["tools"][0]
         return tool.get("function", tool)["name"]
 
@@ -172,7 +179,7 @@ class ToolUpstream:
                 {"index": 0, "function": {"arguments": call["function"]["arguments"]}}]}}]})
         else:
             chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]}
-                       for w in self.text.split(" ")]
+                       for w in self.words()]
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         chunks.append({**base, "choices": [], "usage": usage})
         return await self._sse(request, [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"])
@@ -242,7 +249,7 @@ class ToolUpstream:
             events.append(ev({"type": "response.content_part.added", "output_index": 0, "content_index": 0,
                               "item_id": "msg_up1", "part": {"type": "output_text", "text": ""}}))
             events += [ev({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
-                           "item_id": "msg_up1", "delta": w}) for w in self.text.split(" ")]
+                           "item_id": "msg_up1", "delta": w}) for w in self.words()]
             events.append(ev({"type": "response.content_part.done", "output_index": 0, "content_index": 0,
                               "item_id": "msg_up1", "part": item["content"][0]}))
         events.append(ev({"type": "response.output_item.done", "output_index": 0, "item": item}))
