@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as err:  # listing plugin commands must never lock the user out of the CLI
             print(f"warning: could not load plugin commands: {err}", file=sys.stderr)
     try:
-        result = app(args, exit_on_error=False, print_error=True)
+        result = app(args, exit_on_error=False, print_error=True, result_action="return_value")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -199,7 +199,8 @@ class Gateway:
             payload = b"".join([chunk async for chunk in upstream.body])
             if upstream.close is not None:
                 await upstream.close()
-            raise _Retry(ApiError.from_info(fmt.parse_upstream_error(upstream.status, payload)))
+            info = fmt.parse_upstream_error(upstream.status, payload, dict(upstream.headers))
+            raise _Retry(ApiError.from_info(info))
         response = web.StreamResponse(status=upstream.status)
         for key, value in upstream.headers:
             if key.lower() not in HOP_BY_HOP and key.lower() not in ("content-encoding", "x-request-id"):
@@ -330,8 +331,10 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
 def _parse(fmt: WireFormat, operation: Operation, body: dict[str, Any], request: web.Request) -> Any:
     try:
         parsed: BaseModel
-        if operation in ("chat", "count_tokens"):
+        if operation == "chat":
             parsed = fmt.parse_chat(body, request.headers)
+        elif operation == "count_tokens":
+            parsed = fmt.parse_count_tokens(body, request.headers)
         elif operation == "completion":
             parsed = fmt.parse_completion(body)
         elif operation == "embedding":
