@@ -3,7 +3,8 @@
 mlx-lm runs them with its llama module, as ``mlx_lm.utils.MODEL_REMAPPING`` does.
 
 Mistral ends a turn with the EOS ``</s>``. Tool calls follow ``[TOOL_CALLS]`` as a JSON list of
-``{"name": ..., "arguments": {...}}`` (``mistral``); tool-call ids are 9 alphanumeric characters.
+``{"name": ..., "arguments": {...}}`` (``mistral``); the official templates reject tool-call ids that are
+not 9 alphanumeric characters (``options["tool_call_id_length"] = 9``: the engine maps other ids onto such ids).
 
 Registration is cheap: the model code (``mlx_lm.models.llama``) is imported by the local engine only when a
 model of this family loads. The chat-template fallback, used when a tokenizer carries none, is
@@ -29,7 +30,7 @@ SPEC = ArchitectureSpec(
     extra_stop_tokens=("</s>",),
     chat_template=files(__name__).joinpath("chat_template.jinja").read_text(encoding="utf-8"),
     thinking_toggle=False,
-    options={},
+    options={"tool_call_id_length": 9},
     description="Mistral 7B Instruct, Mistral NeMo and other mistral-architecture models",
 )
 

@@ -6,7 +6,8 @@ ChatML turns end with ``<|im_end|>``; hermes tool calls. The Thinking checkpoint
 
 Registration is cheap: the model code (``mlx_lm.models.qwen3_next``) is imported by the local engine only when a
 model of this family loads. The chat-template fallback, used when a tokenizer carries none, is
-Qwen3's official chat template (ChatML, hermes tools).
+Qwen3's official chat template without the ``enable_thinking`` switch, as in the
+Qwen3-2507 / Qwen3-Next Instruct templates (ChatML, hermes tools).
 """
 
 from __future__ import annotations

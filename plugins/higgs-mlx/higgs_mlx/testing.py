@@ -21,15 +21,23 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from higgs.specs import ArchitectureSpec
 
 __all__ = [
     "CHATML_TEMPLATE",
     "DEFAULT",
     "SPECIAL_TOKENS",
     "TINY_CONFIGS",
+    "Reference",
     "build_tiny_model",
+    "check_architecture",
+    "reference_generate",
     "tiny_config",
 ]
 
@@ -262,6 +270,95 @@ def build_tiny_model(
     tokens.write(path, template)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": config["eos_token_id"]}, indent=2))
     return path
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What mlx-lm's own greedy generation produced: prompt ids, generated ids and their text."""
+
+    prompt_tokens: list[int]
+    tokens: list[int]
+    text: str
+
+
+def reference_generate(
+    path: Path,
+    *,
+    messages: Sequence[dict[str, Any]] | None = None,
+    prompt: str | None = None,
+    max_tokens: int = 8,
+    chat_template: str | None = None,
+    stop_tokens: Sequence[str] = (),
+    **template_kwargs: Any,
+) -> Reference:
+    """Greedy generation with mlx-lm alone (``mlx_lm.load`` + ``stream_generate``), the ground truth.
+
+    Args:
+        path: a model directory (``build_tiny_model``).
+        messages: a chat, rendered with the tokenizer's chat template (or ``chat_template``) and
+            ``add_generation_prompt=True``; ``template_kwargs`` go to the template (``enable_thinking``, ...).
+        prompt: a raw text prompt instead, encoded the way ``mlx_lm.generate`` does (BOS added if the
+            tokenizer adds one).
+        max_tokens: tokens to generate at most.
+        stop_tokens: extra tokens that end generation besides the tokenizer's EOS (not included).
+    """
+    from mlx_lm import load, stream_generate
+
+    model, tokenizer = load(str(path))
+    if messages is not None:
+        ids = tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, chat_template=chat_template, **template_kwargs
+        )
+    elif prompt is not None:
+        ids = tokenizer.encode(prompt)
+    else:
+        raise ValueError("pass messages or prompt")
+    prompt_ids = [int(i) for i in ids]
+    stops = {int(i) for i in tokenizer.eos_token_ids}
+    stops |= {tokenizer.convert_tokens_to_ids(t) for t in stop_tokens}
+    tokens: list[int] = []
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    for response in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens):
+        if response.token in stops:
+            break
+        tokens.append(int(response.token))
+        detokenizer.add_token(response.token)
+    detokenizer.finalize()
+    return Reference(prompt_ids, tokens, detokenizer.text)
+
+
+def check_architecture(spec: ArchitectureSpec, directory: Path, *, max_tokens: int = 6) -> Reference:
+    """Check an architecture plugin against mlx-lm on a tiny model of each of its ``model_types``.
+
+    For every ``model_type``: build a tiny model, load it through the spec's ``module`` (mlx-lm's
+    ``Model``/``ModelArgs`` contract, via ``mlx_lm.utils.load_model``), and compare its greedy tokens on a
+    short prompt with mlx-lm's own generation. Returns the last reference.
+
+    Raises:
+        AssertionError: the module breaks the contract or generates different tokens.
+    """
+    import importlib
+
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load_model
+
+    module = importlib.import_module(spec.module)
+    assert hasattr(module, "Model") and hasattr(module, "ModelArgs"), f"{spec.module} lacks Model/ModelArgs"
+    reference = None
+    for model_type in spec.model_types:
+        path = build_tiny_model(model_type, directory / model_type)
+        model, config = load_model(path, get_model_classes=lambda config: (module.Model, module.ModelArgs))
+        assert config["model_type"] == model_type
+        reference = reference_generate(path, prompt="hello there, how are you", max_tokens=max_tokens)
+        tokens = [
+            int(token)
+            for token, _ in generate_step(mx.array(reference.prompt_tokens), model, max_tokens=len(reference.tokens))
+        ]
+        assert tokens == reference.tokens, f"{model_type}: {tokens} != mlx-lm's {reference.tokens}"
+    assert reference is not None, f"{spec.name} has no model_types"
+    return reference
 
 
 def _rescale(model: Any, std: float, gain: float) -> None:

@@ -1,0 +1,82 @@
+"""higgs-arch-phi3: registration, mlx-lm's model contract, and the family knowledge in its chat template."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+from higgs.testing import build_registry
+from higgs_mlx.testing import build_tiny_model, check_architecture
+
+import higgs_arch_phi3
+from higgs_arch_phi3 import SPEC
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_registered_under_the_higgs_entry_point_group():
+    (entry,) = [e for e in entry_points(group="higgs") if e.name == "arch-phi3"]
+    assert entry.load() is higgs_arch_phi3
+    assert list(higgs_arch_phi3.higgs_architectures()) == [SPEC]
+
+
+def test_the_registry_maps_its_model_types_to_the_spec():
+    registry = build_registry([("arch-phi3", higgs_arch_phi3)], builtins=False)
+    assert {t: registry.architectures[t] for t in SPEC.model_types} == dict.fromkeys(SPEC.model_types, SPEC)
+
+
+def test_registration_imports_no_model_code():
+    heavy = "('mlx', 'mlx_lm', 'transformers')"
+    code = f"import sys, higgs_arch_phi3; print([m for m in sys.modules if m.split('.')[0] in {heavy}])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_module_follows_mlx_lm_and_generates_like_it(tmp_path: Path):
+    reference = check_architecture(SPEC, tmp_path)
+    assert len(reference.tokens) == 6
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tokenizer without a chat template, so the family's fallback is what renders."""
+    from mlx_lm.tokenizer_utils import load
+
+    path = build_tiny_model("phi3", tmp_path_factory.mktemp("tok"), chat_template=None, num_hidden_layers=1)
+    return load(path)._tokenizer
+
+
+def render(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """The fallback template rendered the way the engine renders it (Hugging Face's chat-template engine)."""
+    kwargs.setdefault("add_generation_prompt", True)
+    kwargs.setdefault("bos_token", "<s>")
+    kwargs.setdefault("eos_token", "<|endoftext|>")
+    return str(tokenizer.apply_chat_template(messages, chat_template=SPEC.chat_template, tokenize=False, **kwargs))
+
+
+def test_every_stop_token_is_a_real_turn_end(tokenizer: Any):
+    text = render(
+        tokenizer,
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+        add_generation_prompt=False,
+    )
+    assert any(stop in text for stop in SPEC.extra_stop_tokens), text
+
+
+def test_phi3_turns(tokenizer: Any):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert render(tokenizer, messages) == "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
+    # The EOS is <|endoftext|>; a chat turn ends with <|end|>, so both stop generation.
+    assert set(SPEC.extra_stop_tokens) == {"<|end|>", "<|endoftext|>"}
+    assert SPEC.tool_parser is None
