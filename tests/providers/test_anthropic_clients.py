@@ -39,7 +39,7 @@ async def test_bearer_token_reaches_anthropic_as_x_api_key(fake, gateway):
     assert answer.content[0].text == "Hello from the fake upstream!"
     sent = fake.requests[-1]
     assert sent.header("x-api-key") == "sk-ant-client" and sent.header("authorization") is None
-    assert sent.header("anthropic-version") == "2023-06-01"
+    assert sent.header("anthropic-version") == client.default_headers["anthropic-version"]  # the client's own
 
 
 async def test_configured_key_and_strip_auth(fake, gateway):
