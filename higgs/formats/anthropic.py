@@ -59,8 +59,8 @@ def error_info_from_body(data: Any, status: int | None) -> ErrorInfo:
     message = str(err.get("message") or "")
     if kind == "invalid_request" and "prompt is too long" in message:
         kind = "context_length_exceeded"
-    if kind is None:
-        kind = kind_for_status(status) if status else "api_error"
+    if kind is None or (kind == "invalid_request" and status and status not in (400, 422)):
+        kind = kind_for_status(status) if status else "api_error"  # e.g. OpenAI's 401 invalid_api_key
     if status is None:
         status = KIND_STATUS.get(kind, 500)
     return ErrorInfo(status=status, kind=kind, message=message or f"upstream status {status}",

@@ -111,8 +111,8 @@ def error_info_from_body(data: Any, status: int | None) -> ErrorInfo:
     code = str(code) if code is not None else None
     if code == "context_length_exceeded":
         kind = "context_length_exceeded"
-    if kind is None:
-        kind = kind_for_status(status) if status else "api_error"
+    if kind is None or (kind == "invalid_request" and status and status not in (400, 422)):
+        kind = kind_for_status(status) if status else "api_error"  # e.g. OpenAI's 401 invalid_api_key
     if status is None:
         status = KIND_STATUS.get(kind, 500)
     param = err.get("param")
