@@ -225,6 +225,8 @@ def error_info(status: int, raw: Any) -> ErrorInfo:
     error = raw.get("error") if isinstance(raw, dict) else None
     if isinstance(error, dict):
         kind = _KINDS.get(str(error.get("type")), _STATUS_KINDS.get(status, "api_error"))
+        if status in (401, 403, 404, 413, 429):  # the status is more precise than invalid_request_error
+            kind = _STATUS_KINDS[status]
         if error.get("code") == "context_length_exceeded":
             kind = "context_length_exceeded"
         return ErrorInfo(status=status, kind=kind, message=str(error.get("message") or f"upstream status {status}"),
