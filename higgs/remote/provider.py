@@ -38,6 +38,7 @@ from higgs.remote.sse import stream_error_bytes
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
 #: Anthropic's ``overloaded_error`` status has no OpenAI equivalent; 503 is what OpenAI clients retry on.
 STATUS_FOR_TRANSLATION = {529: 503}
+FAILED_MODELS_TTL = 30.0
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 _NETWORK_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
@@ -410,6 +411,8 @@ class RemoteProvider(Provider):
                 models = [ModelInfo(id=i, owned_by=self.name) for i in self.parse_models(await response.json())]
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError, ProviderError) as err:
             self.log.warning("could not list models of provider '%s': %s", self.name, type(err).__name__)
+            # Remember the failure briefly so /v1/models does not wait on a dead upstream every time.
+            self._models = (now - self.options.models_ttl + FAILED_MODELS_TTL, [])
             return []
         self._models = (now, models)
         return models

@@ -19,6 +19,7 @@ from higgs.config import LOCAL_PROVIDER, HiggsSettings, RouteSettings
 from higgs.errors import ConfigError, UnknownModelError
 from higgs.hookspecs import hookimpl
 from higgs.interfaces import Provider, RouteDecision, RouteQuery, Router
+from higgs.messages import ModelInfo
 from higgs.routing.balance import STRATEGIES, Balancer, in_flight
 from higgs.specs import RouterSpec
 
@@ -164,6 +165,11 @@ def route_aliases(settings: HiggsSettings) -> list[tuple[str, str, str]]:
         if route.model and literal and target:
             found.append((literal, route.model, target))
     return found
+
+
+def alias_models(settings: HiggsSettings) -> list[ModelInfo]:
+    """``/v1/models`` entries for route aliases that rewrite one name to a concrete model."""
+    return [ModelInfo(id=alias, owned_by=provider, kind="alias") for alias, _, provider in route_aliases(settings)]
 
 
 class DefaultRouter(Router):

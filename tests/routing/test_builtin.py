@@ -12,6 +12,7 @@ from higgs.routing.builtin import (
     DefaultRouter,
     LocalRouter,
     PatternRouter,
+    alias_models,
     explain_route,
     higgs_routers,
     literal_name,
@@ -165,4 +166,6 @@ def test_aliases_only_for_literal_patterns_with_rewrite():
         {"pattern": "gpt", "provider": "oa"},
     ])
     assert route_aliases(cfg) == [("fast", "smol", "higgs"), ("opus", "claude-opus-4-6", "an")]
+    assert [(m.id, m.owned_by, m.kind) for m in alias_models(cfg)] == [("fast", "higgs", "alias"),
+                                                                        ("opus", "an", "alias")]
     assert literal_name(r"^a\.b$") == "a.b" and literal_name("a|b") is None
