@@ -1,0 +1,204 @@
+"""GGUF import: tensors round-trip against gguf-py's dequantization, and an imported model generates exactly
+what the original generates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ARCHES
+
+from higgs_mlx.gguf_import import GGUFImportError, import_gguf, mlx_name
+
+GGML = pytest.importorskip("gguf").GGMLQuantizationType
+
+_INVERSE = {
+    "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+
+
+def gguf_name(name: str) -> str:
+    module, _, suffix = name.rpartition(".")
+    if module in _INVERSE:
+        return f"{_INVERSE[module]}.{suffix}"
+    _, _, layer, rest = module.split(".", 3)
+    return f"blk.{layer}.{_INVERSE[rest]}.{suffix}"
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf permutation of Q/K rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model_dir: Path, out: Path, qtype_for) -> dict[str, tuple[object, np.ndarray]]:
+    """Write ``model_dir`` (a float32 tiny llama) as a llama.cpp-style GGUF; return name -> (type, stored data)."""
+    import gguf
+    import mlx.core as mx
+
+    config = json.loads((model_dir / "config.json").read_text())
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_name("tiny test llama")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_key_length(config["head_dim"])
+    writer.add_value_length(config["head_dim"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config["rope_theta"])
+    writer.add_vocab_size(config["vocab_size"])
+    vocab = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok["added_tokens"]}}
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    specials = {t["content"] for t in tok["added_tokens"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in specials else 1 for t in tokens])
+    writer.add_token_merges([" ".join(m) for m in tok["model"]["merges"]])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_chat_template(tok_cfg["chat_template"])
+
+    stored = {}
+    weights = {k: np.array(v) for k, v in mx.load(str(model_dir / "model.safetensors")).items()}
+    for name, value in weights.items():
+        if name.endswith("self_attn.q_proj.weight"):
+            value = llama_cpp_permute(value, config["num_attention_heads"])
+        elif name.endswith("self_attn.k_proj.weight"):
+            value = llama_cpp_permute(value, config["num_key_value_heads"])
+        qtype = qtype_for(name) if value.ndim == 2 else GGML.F32
+        if qtype == GGML.F32:
+            data = value.astype(np.float32)
+            writer.add_tensor(gguf_name(name), data)
+        elif qtype == GGML.F16:
+            data = value.astype(np.float16)
+            writer.add_tensor(gguf_name(name), data)
+        else:
+            data = gguf.quants.quantize(value.astype(np.float32), qtype)
+            writer.add_tensor(gguf_name(name), data, raw_shape=data.shape, raw_dtype=qtype)
+        stored[name] = (qtype, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored
+
+
+def greedy(model_dir: Path, prompt: list[int], n: int = 16) -> list[int]:
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.generate import generate_step
+
+    model, _ = load(str(model_dir))
+    return [t for t, _ in generate_step(mx.array(prompt), model, max_tokens=n)]
+
+
+def test_float32_import_generates_exactly_like_the_original(tiny_llama, tmp_path):
+    """Names, the rotary un-permutation, config and tokenizer are right: same tokens, same encodings."""
+    from transformers import AutoTokenizer
+
+    src = tmp_path / "tiny.gguf"
+    write_gguf(tiny_llama, src, lambda name: GGML.F32)
+    dest = import_gguf(src, tmp_path / "imported")
+    prompt = [5, 77, 120, 33, 250, 9]
+    assert greedy(dest, prompt) == greedy(tiny_llama, prompt)
+
+    original, imported = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(dest)
+    for text in ["hello world", "<|im_start|>user\nbad tokens?!<|im_end|>", "  spaces\n\nand é ünï"]:
+        assert imported.encode(text) == original.encode(text)
+    assert imported.chat_template == original.chat_template
+    assert imported.eos_token == "<|im_end|>"
+
+
+def test_quantized_tensors_round_trip_against_dequantized_originals(tiny_llama, tmp_path):
+    import mlx.core as mx
+    from gguf import quants
+
+    kinds = {"q_proj": GGML.Q4_0, "k_proj": GGML.Q4_1, "v_proj": GGML.Q8_0, "o_proj": GGML.F16,
+             "gate_proj": GGML.Q4_1, "up_proj": GGML.Q4_0, "down_proj": GGML.Q8_0, "embed_tokens": GGML.Q8_0}
+
+    def qtype_for(name):
+        return next((q for key, q in kinds.items() if key in name), GGML.F32)
+
+    src = tmp_path / "mixed.gguf"
+    stored = write_gguf(tiny_llama, src, qtype_for)
+    dest = import_gguf(src, tmp_path / "mixed")
+    config = json.loads((dest / "config.json").read_text())
+    arrays = mx.load(str(dest / "model.safetensors"))
+    quant = config["quantization"]
+    seen = set()
+    for name, (qtype, data) in stored.items():
+        module = name.rsplit(".", 1)[0]
+        shape = np.array(mx.load(str(tiny_llama / "model.safetensors"))[name]).shape
+        reference = data.astype(np.float32) if qtype in (GGML.F32, GGML.F16) else quants.dequantize(data, qtype)
+        reference = reference.reshape(shape)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):  # undo the permutation we applied
+            n_head = config["num_attention_heads"] if "q_proj" in name else config["num_key_value_heads"]
+            d = shape[0] // n_head // 2
+            reference = reference.reshape(n_head, d, 2, -1).swapaxes(1, 2).reshape(shape)
+        if f"{module}.scales" in arrays:
+            q = quant.get(module, quant)
+            # In float32, as the CPU backend runs it (higgs casts scales and biases to float32 at load).
+            got = mx.dequantize(arrays[name], arrays[f"{module}.scales"].astype(mx.float32),
+                                arrays[f"{module}.biases"].astype(mx.float32),
+                                group_size=q["group_size"], bits=q["bits"])
+            assert q["bits"] == (8 if qtype == GGML.Q8_0 else 4), name
+        else:
+            got = arrays[name]
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), reference, rtol=0, atol=1e-6, err_msg=name)
+        seen.add(qtype)
+    assert seen >= {GGML.F32, GGML.F16, GGML.Q8_0, GGML.Q4_0, GGML.Q4_1}
+
+    # The imported mixed-precision model loads through higgs's loader and generates.
+    from higgs_mlx.loader import load_model_dir
+
+    lm = load_model_dir(dest, ARCHES, name="mixed")
+    assert lm.tokenizer.decode(lm.tokenizer.encode("hello")) == "hello"
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_requantize_option(tiny_llama, tmp_path, bits):
+    import mlx.core as mx
+
+    src = tmp_path / "f16.gguf"
+    write_gguf(tiny_llama, src, lambda name: GGML.F16)
+    dest = import_gguf(src, tmp_path / f"q{bits}", bits=bits)
+    config = json.loads((dest / "config.json").read_text())
+    assert config["quantization"]["bits"] == bits and config["quantization"]["group_size"] == 64
+    arrays = mx.load(str(dest / "model.safetensors"))
+    original = mx.load(str(tiny_llama / "model.safetensors"))
+    w = mx.dequantize(arrays["model.layers.0.mlp.up_proj.weight"], arrays["model.layers.0.mlp.up_proj.scales"],
+                      arrays["model.layers.0.mlp.up_proj.biases"], group_size=64, bits=bits)
+    err = float(mx.abs(w - original["model.layers.0.mlp.up_proj.weight"]).max())
+    scale = float(mx.abs(original["model.layers.0.mlp.up_proj.weight"]).max())
+    assert err < scale * (0.15 if bits == 4 else 0.01)
+
+
+def test_unsupported_and_broken_files(tmp_path):
+    import gguf
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    with pytest.raises(GGUFImportError, match="not a readable GGUF"):
+        import_gguf(bad, tmp_path / "out")
+    other = tmp_path / "bert.gguf"
+    writer = gguf.GGUFWriter(str(other), "bert")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(GGUFImportError, match="architecture 'bert' is not supported"):
+        import_gguf(other, tmp_path / "out")
+    with pytest.raises(GGUFImportError, match="does not exist"):
+        import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+    with pytest.raises(GGUFImportError):
+        mlx_name("blk.0.weird_thing.weight")
