@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from higgs_mlx.output import OutputParser
 
 __all__ = [
+    "family_of",
     "forced_call_regex",
     "make_logits_processors",
     "make_output_parser",
@@ -102,12 +103,12 @@ def make_output_parser(request: ChatRequest, arch: ArchitectureSpec | None, toke
     from higgs_mlx.output import PlainTextParser
 
     inner: OutputParser = PlainTextParser()
+    tags, syntax = family_of(arch, tokenizer)
     if tools_active(request):
         from higgs_mlx.agents.syntaxes import get_syntax
         from higgs_mlx.agents.toolcalls import ToolCallParser
 
-        inner = ToolCallParser(get_syntax(arch.tool_parser if arch else None), [t.name for t in request.tools])
-    tags = arch.reasoning_tags if arch else None
+        inner = ToolCallParser(get_syntax(syntax), [t.name for t in request.tools])
     if tags:
         from higgs_mlx.agents.reasoning import ReasoningParser, prompt_opens_reasoning
 
@@ -148,34 +149,66 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(hf.encode(text, add_special_tokens=False))
 
 
+#: Marker tokens that identify a family's tool syntax when no architecture spec is at hand.
+_SYNTAX_TOKENS = (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3_json"),
+                  ("<｜tool▁calls▁begin｜>", "deepseek"), ("<|tool_call|>", "phi"), ("<|tool_call>", "gemma"))  # noqa: RUF001
+
+
+def family_of(arch: ArchitectureSpec | None, tokenizer: Any) -> tuple[tuple[str, str] | None, str | None]:
+    """``(reasoning_tags, tool_parser)`` from the architecture spec, else guessed from the vocabulary."""
+    if arch is not None:
+        return arch.reasoning_tags, arch.tool_parser
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    try:
+        vocab = hf.get_vocab()
+    except AttributeError:
+        return None, None
+    tags = ("<think>", "</think>") if "<think>" in vocab and "</think>" in vocab else None
+    syntax = next((name for token, name in _SYNTAX_TOKENS if token in vocab), None)
+    return tags, syntax
+
+
 def make_logits_processors(request: ChatRequest, tokenizer: Any, *, arch: ArchitectureSpec | None = None,
                            prompt: str | None = None, max_tokens: int | None = None) -> list[LogitsProcessor]:
     """mlx-lm logits processors for this request (empty when nothing is constrained).
 
+    Without ``arch`` the family's reasoning tags and tool syntax are guessed from the vocabulary; without
+    ``prompt`` the processors tell from the prompt tokens of their first call whether the template opened a
+    reasoning block.
+
     Raises:
         InvalidRequestError: unsupported schema feature, unknown forced tool, or ``max_tokens`` too small.
     """
+    from types import SimpleNamespace
+
     processors: list[LogitsProcessor] = []
-    tags = arch.reasoning_tags if arch else None
-    in_reasoning = False
-    if tags:
-        from higgs_mlx.agents.reasoning import ReasoningBudget, prompt_opens_reasoning
+    tags, syntax = family_of(arch, tokenizer)
+    in_reasoning: bool | None = None
+    if prompt is not None:
+        from higgs_mlx.agents.reasoning import prompt_opens_reasoning
 
         in_reasoning = prompt_opens_reasoning(prompt, tags)
-        budget = reasoning_budget(request)
-        if budget is not None:
-            processors.append(ReasoningBudget(budget, _ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]),
-                                              in_reasoning=in_reasoning))
-    regex = output_regex(request, arch)
-    if regex is not None:
-        from higgs_mlx.agents.constrain import RegexConstraint, compile_regex
+    budget = reasoning_budget(request)
+    if tags and budget is not None:
+        from higgs_mlx.agents.reasoning import ReasoningBudget
 
-        start_after = None
-        if in_reasoning and tags:
-            start_after = _ids(tokenizer, tags[1])
-            regex = r"\s{0,2}" + regex  # the template's "</think>\n\n" spacing before the answer
-        limit = max_tokens if max_tokens is not None else request.max_tokens
-        compiled = compile_regex(tokenizer, regex)
-        processors.append(RegexConstraint(compiled, max_tokens=None if start_after else limit,
-                                          start_after=start_after))
+        processors.append(ReasoningBudget(budget, _ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]),
+                                          in_reasoning=in_reasoning))
+    family = arch if arch is not None else SimpleNamespace(tool_parser=syntax)
+    regex = output_regex(request, family)  # type: ignore[arg-type]
+    if regex is None:
+        return processors
+    from higgs_mlx.agents.constrain import RegexConstraint, compile_regex
+
+    limit = max_tokens if max_tokens is not None else request.max_tokens
+    compiled = compile_regex(tokenizer, regex)
+    reasoning = None
+    if tags and in_reasoning is not False:
+        lead = r"\s{0,2}" + regex  # the template's "</think>\n\n" before the answer
+
+        def lead_index() -> Any:
+            return compile_regex(tokenizer, lead)
+
+        reasoning = (_ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]), lead_index)
+    processors.append(RegexConstraint(compiled, max_tokens=limit, reasoning=reasoning))
     return processors

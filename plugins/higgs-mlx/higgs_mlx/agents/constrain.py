@@ -21,6 +21,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -187,20 +188,21 @@ class RegexConstraint:
     Args:
         compiled: the index.
         max_tokens: the generation's token limit, for length-aware masking (None: not length-aware).
-        start_after: token ids that must be generated (freely) before the constraint starts, e.g. the
-            closing reasoning tag when the prompt opened a reasoning block.
-        lead: optional whitespace allowed after ``start_after`` (handled by the regex, see ``__init__``).
+        reasoning: ``(open_ids, close_ids, lead_index)`` when the family reasons: if the prompt (the tokens
+            of the first call) leaves a reasoning block open, the model reasons freely and the constraint
+            starts after the closing tag, with ``lead_index()`` (the regex with leading whitespace).
     """
 
     def __init__(self, compiled: CompiledIndex, *, max_tokens: int | None = None,
-                 start_after: list[int] | None = None) -> None:
+                 reasoning: tuple[list[int], list[int], Callable[[], CompiledIndex]] | None = None) -> None:
         from outlines_core import Guide
 
         self.compiled = compiled
         self.guide = Guide(compiled.index)
         self.max_tokens = max_tokens
-        self.start_after = list(start_after or [])
-        self.active = not self.start_after
+        self.reasoning = reasoning
+        self.start_after: list[int] = []
+        self.active = True
         self.generated = 0
         self.constrained = 0
         self._seen: int | None = None
@@ -211,6 +213,22 @@ class RegexConstraint:
                 raise InvalidRequestError(
                     f"max_tokens={max_tokens} is too small for the requested output format "
                     f"(the shortest valid output needs {need} tokens).", param="max_tokens")
+
+    def _first_call(self, prompt: list[int]) -> None:
+        """Start after the reasoning block when the prompt opened one."""
+        from higgs_mlx.agents.reasoning import ids_open_reasoning
+
+        if self.reasoning is None:
+            return
+        open_ids, close_ids, lead_index = self.reasoning
+        if ids_open_reasoning(prompt, open_ids, close_ids):
+            from outlines_core import Guide
+
+            self.compiled = lead_index()
+            self.compiled.distances()
+            self.guide = Guide(self.compiled.index)
+            self.start_after = list(close_ids)
+            self.active = False
 
     def _observe(self, tokens: list[int]) -> None:
         for tok in tokens:
@@ -238,6 +256,8 @@ class RegexConstraint:
         n = int(tokens.size)
         if self._seen is None:
             self._seen = n
+            if self.reasoning is not None:
+                self._first_call([int(t) for t in np.asarray(tokens[-4096:]).tolist()])
         elif n > self._seen:
             self._observe([int(t) for t in np.asarray(tokens[self._seen:]).tolist()])
             self._seen = n

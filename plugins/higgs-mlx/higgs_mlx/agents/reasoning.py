@@ -38,6 +38,21 @@ def prompt_opens_reasoning(prompt: str | None, tags: tuple[str, str] | None) -> 
     return prompt.rfind(tags[0]) > prompt.rfind(tags[1])
 
 
+def _last(seq: list[int], sub: list[int]) -> int:
+    """Index of the last occurrence of ``sub`` in ``seq`` (-1 if absent or empty)."""
+    if not sub:
+        return -1
+    for i in range(len(seq) - len(sub), -1, -1):
+        if seq[i:i + len(sub)] == sub:
+            return i
+    return -1
+
+
+def ids_open_reasoning(prompt: list[int], open_ids: list[int], close_ids: list[int]) -> bool:
+    """Whether prompt token ids leave a reasoning block open (the template wrote the opening tag)."""
+    return _last(prompt, open_ids) > _last(prompt, close_ids)
+
+
 def _partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
@@ -143,10 +158,11 @@ class ReasoningBudget:
     Args:
         budget: reasoning tokens allowed (0 closes the block at once).
         open_ids: token ids of the opening tag; close_ids: of the closing tag.
-        in_reasoning: the prompt already opened the block.
+        in_reasoning: the prompt already opened the block; None: tell from the prompt tokens of the first call.
     """
 
-    def __init__(self, budget: int, open_ids: list[int], close_ids: list[int], *, in_reasoning: bool) -> None:
+    def __init__(self, budget: int, open_ids: list[int], close_ids: list[int], *,
+                 in_reasoning: bool | None = None) -> None:
         self.budget = budget
         self.open_ids = open_ids
         self.close_ids = close_ids
@@ -183,6 +199,9 @@ class ReasoningBudget:
         """Mask everything but the next closing-tag token once the budget is spent."""
         if self._seen is None:
             self._seen = int(tokens.size)
+            if self.in_reasoning is None:
+                prompt = [int(t) for t in tokens[-4096:].tolist()] if self._seen else []
+                self.in_reasoning = ids_open_reasoning(prompt, self.open_ids, self.close_ids)
         elif not self.done:
             n = int(tokens.size)
             if n > self._seen:

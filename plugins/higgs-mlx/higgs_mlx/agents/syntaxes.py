@@ -234,21 +234,64 @@ class PhiSyntax(ToolSyntax):
                 + regex_escape("]<|/tool_call|>"))
 
 
+_GEMMA4_QUOTE = '<|"|>'
+_BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(?=\s*:)")
+
+
+def gemma4_arguments(text: str) -> dict[str, Any] | None:
+    """Gemma 4's argument notation (``{city:<|"|>Paris<|"|>,days:3}``) as a dict, or None if malformed."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith(_GEMMA4_QUOTE, i):
+            j = text.find(_GEMMA4_QUOTE, i + len(_GEMMA4_QUOTE))
+            if j < 0:
+                return None
+            out.append(json.dumps(text[i + len(_GEMMA4_QUOTE):j]))
+            i = j + len(_GEMMA4_QUOTE)
+            continue
+        key = _BARE_KEY.match(text, i)
+        if key and "".join(out).rstrip()[-1:] in ("{", ","):
+            out.append(json.dumps(key.group()))
+            i = key.end()
+            continue
+        out.append(text[i])
+        i += 1
+    try:
+        value = json.loads("".join(out))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class GemmaSyntax(ToolSyntax):
-    """Gemma 3 (no tool tokens): ```` ```tool_code\\nf(a=1)\\n``` ```` pythonic calls, or a bare JSON /
+    """Gemma. Gemma 4: ``<|tool_call>call:NAME{key:<|"|>text<|"|>,n:3}<tool_call|>``. Gemma 3 has no tool
+    tokens: Google's documented ```` ```tool_code\nf(a=1)\n``` ```` pythonic calls, or a bare JSON /
     pythonic-list call opening the answer (``{"name": ..., "parameters": {...}}``, ``[f(a=1)]``)."""
 
     name = "gemma"
-    markers = ("```tool_code",)
+    markers = ("<|tool_call>", "```tool_code")
     json_at_start = True
 
     def parse(self, buf: str, final: bool) -> Outcome | None:
-        stop = buf.find("```", len(self.markers[0]))
+        if buf.startswith("<|tool_call>"):
+            found = _between(buf, "<|tool_call>", "<tool_call|>", final)
+            if found is None:
+                return None
+            body, consumed = found
+            body = body.strip()
+            if not body.startswith("call:") or "{" not in body:
+                return Outcome(None, consumed)
+            name, brace, rest = body[len("call:"):].partition("{")
+            args = gemma4_arguments(brace + rest)
+            ok = args is not None and re.fullmatch(r"[A-Za-z0-9_.\-]+", name.strip())
+            return Outcome([ParsedCall(name.strip(), args or {})] if ok else None, consumed)
+        stop = buf.find("```", len(self.markers[1]))
         if stop < 0:
             if not final:
                 return None
             stop = len(buf)
-        body = buf[len(self.markers[0]):stop].strip()
+        body = buf[len(self.markers[1]):stop].strip()
         consumed = min(stop + 3, len(buf))
         calls = calls_from_python(body) or calls_from_json_text(body)
         return Outcome(calls, consumed)
