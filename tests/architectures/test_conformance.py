@@ -1,0 +1,186 @@
+"""Every architecture plugin, end to end: a tiny random-weight model of each family served by higgs answers
+token for token what mlx-lm's own greedy generation answers, through the official OpenAI and Anthropic SDKs,
+streamed and not, with the tokenizer's chat template and with the family's fallback template.
+
+One server (module scope) serves all twenty models; each model is built in the test with mlx-lm's classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+pytest.importorskip("mlx_lm")
+
+from higgs_mlx.testing import Reference, build_tiny_model, reference_generate
+
+from higgs.testing import build_app, serve_in_thread
+
+#: model_type -> the architecture plugin's import package.
+PLUGINS = {
+    "llama": "higgs_arch_llama",
+    "mistral": "higgs_arch_mistral",
+    "qwen2": "higgs_arch_qwen2",
+    "qwen3": "higgs_arch_qwen3",
+    "qwen3_moe": "higgs_arch_qwen3_moe",
+    "qwen3_next": "higgs_arch_qwen3_next",
+    "gemma2": "higgs_arch_gemma2",
+    "phi3": "higgs_arch_phi3",
+    "starcoder2": "higgs_arch_starcoder2",
+    "deepseek_v2": "higgs_arch_deepseek_v2",
+}
+MODEL_TYPES = list(PLUGINS)
+SYSTEM = "You are terse."
+QUESTION = "Say something about the sea."
+MAX_TOKENS = 12
+
+
+def arch_plugins() -> list[tuple[str, Any]]:
+    """(entry-point name, module) for every architecture plugin, as the entry points name them."""
+    return [(f"arch-{pkg.removeprefix('higgs_arch_').replace('_', '-')}", importlib.import_module(pkg))
+            for pkg in PLUGINS.values()]
+
+
+def spec_of(model_type: str) -> Any:
+    """The ArchitectureSpec the plugin registers for ``model_type``."""
+    return importlib.import_module(PLUGINS[model_type]).SPEC
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``<type>``: tokenizer with a ChatML template; ``<type>-bare``: no template (the fallback renders)."""
+    root = tmp_path_factory.mktemp("arch-models")
+    dirs: dict[str, Path] = {}
+    for seed, model_type in enumerate(MODEL_TYPES):
+        dirs[model_type] = build_tiny_model(model_type, root / model_type, seed=seed)
+        dirs[f"{model_type}-bare"] = build_tiny_model(model_type, root / f"{model_type}-bare", seed=seed + 100,
+                                                      chat_template=None)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs: dict[str, Path]) -> Iterator[str]:
+    """One higgs server on a loopback port serving every tiny model by name."""
+    import higgs_mlx
+
+    settings = {"models": [{"path": str(path), "name": name} for name, path in model_dirs.items()]}
+    app = build_app(settings, plugins=[("mlx", higgs_mlx), *arch_plugins()])
+    with serve_in_thread(app, timeout=120) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def oai(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def claude(server: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server, api_key="not-needed", max_retries=0, timeout=60)
+
+
+def expected(model_dirs: dict[str, Path], name: str, **template_kwargs: Any) -> Reference:
+    """mlx-lm's greedy answer; a ``-bare`` model renders the family's fallback template, as higgs must."""
+    model_type = name.removesuffix("-bare")
+    template = spec_of(model_type).chat_template if name.endswith("-bare") else None
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    reference = reference_generate(model_dirs[name], messages=messages, max_tokens=MAX_TOKENS,
+                                   chat_template=template, **template_kwargs)
+    assert len(reference.tokens) == MAX_TOKENS and reference.text.strip(), "tiny model output is degenerate"
+    return reference
+
+
+def ask_openai(oai: openai.OpenAI, name: str, *, stream: bool, **extra: Any) -> tuple[str, Any, str | None]:
+    """(text, usage, finish_reason) of one greedy chat completion."""
+    messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    if not stream:
+        response = oai.chat.completions.create(model=name, messages=messages, max_tokens=MAX_TOKENS, temperature=0,
+                                               **extra)
+        return response.choices[0].message.content or "", response.usage, response.choices[0].finish_reason
+    text, usage, finish = [], None, None
+    for chunk in oai.chat.completions.create(model=name, messages=messages, max_tokens=MAX_TOKENS, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}, **extra):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    return "".join(text), usage, finish
+
+
+def ask_anthropic(claude: anthropic.Anthropic, name: str, *, stream: bool, **extra: Any) -> tuple[str, Any, str]:
+    """(text, usage, stop_reason) of one greedy message."""
+    # anthropic 2.x's SDK no longer has a temperature argument; the Messages API still takes the field.
+    kwargs: Any = {"model": name, "system": SYSTEM, "max_tokens": MAX_TOKENS, "extra_body": {"temperature": 0},
+                   "messages": [{"role": "user", "content": QUESTION}], **extra}
+    if not stream:
+        message = claude.messages.create(**kwargs)
+    else:
+        with claude.messages.stream(**kwargs) as events:
+            message = events.get_final_message()
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return text, message.usage, str(message.stop_reason)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_openai_answers_like_mlx_lm(model_dirs, oai, model_type, stream):
+    reference = expected(model_dirs, model_type)
+    text, usage, finish = ask_openai(oai, model_type, stream=stream)
+    assert text == reference.text
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(reference.prompt_tokens), MAX_TOKENS)
+    assert finish == "length"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_anthropic_answers_like_mlx_lm(model_dirs, claude, model_type, stream):
+    reference = expected(model_dirs, model_type)
+    text, usage, stop = ask_anthropic(claude, model_type, stream=stream)
+    assert text == reference.text
+    assert (usage.input_tokens, usage.output_tokens) == (len(reference.prompt_tokens), MAX_TOKENS)
+    assert stop == "max_tokens"
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_fallback_template_renders_when_the_tokenizer_has_none(model_dirs, oai, claude, model_type):
+    name = f"{model_type}-bare"
+    reference = expected(model_dirs, name)
+    text, usage, _ = ask_openai(oai, name, stream=True)
+    assert text == reference.text and usage.prompt_tokens == len(reference.prompt_tokens)
+    text, usage, _ = ask_anthropic(claude, name, stream=False)
+    assert text == reference.text and usage.input_tokens == len(reference.prompt_tokens)
+
+
+@pytest.mark.parametrize("model_type", [t for t in MODEL_TYPES if spec_of(t).thinking_toggle])
+def test_disabling_reasoning_reaches_the_template(model_dirs, oai, claude, model_type):
+    name = f"{model_type}-bare"  # the family's own template honours enable_thinking
+    reference = expected(model_dirs, name, enable_thinking=False)
+    assert reference.prompt_tokens != expected(model_dirs, name).prompt_tokens
+    text, usage, _ = ask_openai(oai, name, stream=False, reasoning_effort="none")
+    assert text == reference.text and usage.prompt_tokens == len(reference.prompt_tokens)
+    text, usage, _ = ask_anthropic(claude, name, stream=True, thinking={"type": "disabled"})
+    assert text == reference.text and usage.input_tokens == len(reference.prompt_tokens)
+
+
+def test_models_are_listed_with_their_names(oai, model_dirs):
+    listed = {model.id for model in oai.models.list()}
+    assert set(model_dirs) <= listed
+
+
+def test_a_model_type_without_plugin_names_the_plugin_to_install(model_dirs):
+    import higgs_mlx
+
+    others = [(name, module) for name, module in arch_plugins() if name != "arch-qwen3-moe"]
+    app = build_app({"models": [{"path": str(model_dirs["qwen3_moe"]), "name": "moe"}]},
+                    plugins=[("mlx", higgs_mlx), *others])
+    with pytest.raises(Exception, match="install the architecture plugin for qwen3_moe") as caught:
+        with serve_in_thread(app, timeout=60):
+            pass
+    assert "higgs-arch-qwen3-moe" in str(caught.value)
