@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -9,6 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from higgs.config import HiggsSettings
     from higgs.interfaces import Provider, Router, WireFormat
+    from higgs.records import RequestRecord
     from higgs.registry import Registry
     from higgs.server.gateway import Gateway
 
@@ -20,8 +22,8 @@ ROUTERS: web.AppKey[list[Router]] = web.AppKey("higgs.routers")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("higgs.gateway")
 STARTED_AT: web.AppKey[float] = web.AppKey("higgs.started_at")
 
-# Request-scoped keys (``request[KEY]``): plain strings, aiohttp has no typed request keys.
-REQUEST_ID = "higgs.request_id"
-RECORD = "higgs.record"
-TIMEOUT = "higgs.timeout"
-STREAM = "higgs.stream"
+# Request-scoped keys (``request[KEY]``).
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("higgs.request_id")
+RECORD: web.RequestKey[RequestRecord] = web.RequestKey("higgs.record")
+TIMEOUT: web.RequestKey[asyncio.Timeout] = web.RequestKey("higgs.timeout")
+STREAM: web.RequestKey[web.StreamResponse] = web.RequestKey("higgs.stream")

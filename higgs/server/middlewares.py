@@ -54,9 +54,13 @@ def error_response(request: web.Request, info: ErrorInfo, headers: dict[str, str
 
 
 def format_for_path(app: web.Application, path: str) -> Any:
-    """The first format whose ``claims(path)`` is true, else the ``openai`` format, else None."""
+    """The first format whose ``claims(path)`` is true, else the ``openai`` format, else None.
+
+    ``openai`` is asked last: it claims every path but Anthropic's, so it is the catch-all.
+    """
     formats = app.get(keys.FORMATS, {})
-    for fmt in formats.values():
+    ordered = sorted(formats.values(), key=lambda f: getattr(f, "name", "") == "openai")
+    for fmt in ordered:
         try:
             if fmt.claims(path):
                 return fmt
@@ -181,7 +185,8 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
         allow = _allowed_origin(request.app, origin)
         if allow is None:
-            raise ApiError(403, "permission", f"Origin '{origin}' is not allowed (server.cors_origins).")
+            return error_response(request, ErrorInfo(status=403, kind="permission", message=(
+                f"Origin '{origin}' is not allowed (server.cors_origins).")))
         return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": allow,
             "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
