@@ -35,10 +35,12 @@ KERNEL_COMMANDS: list[tuple[str, str, str]] = [
     # Routing engineer: ``higgs route MODEL [--message TEXT]``.
     ("route", "higgs.cli.route:route", "Explain which rule would serve a model."),
     # Operations engineer: daemon, doctor, shellenv, exec.
-    ("daemon", "higgs.cli.daemon:app", "Run higgs in the background."),
+    ("start", "higgs.cli.daemon:start", "Run higgs in the background for a profile."),
+    ("stop", "higgs.cli.daemon:stop", "Stop a profile's background server."),
+    ("status", "higgs.cli.daemon:status", "Show each profile's background server."),
     ("doctor", "higgs.cli.doctor:doctor", "Check the installation and configuration."),
     ("shellenv", "higgs.cli.shellenv:shellenv", "Print environment variables that point tools at higgs."),
-    ("exec", "higgs.cli.exec:exec_", "Run a command with the higgs environment set."),
+    ("exec", "higgs.cli.shellenv:exec_command", "Run a command with the higgs environment set."),
 ]
 
 _SUBAPPS = {"plugins": plugins_app, "config": config_app}

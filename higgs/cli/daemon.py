@@ -16,7 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from cyclopts import Parameter
 
 from higgs.runtime import (
     STATE_ENV,
@@ -115,7 +117,8 @@ def api_key_for(profile: str | None, config: str | None = None) -> str | None:
 
 def serve_command(profile: str | None, serve_args: Sequence[str]) -> list[str]:
     """The argv of the background server: this interpreter running ``higgs serve``."""
-    argv = [sys.executable, "-c", "import sys; from higgs.cli import main; sys.argv[0] = 'higgs'; main()", "serve"]
+    bootstrap = "import sys; from higgs.cli import main; sys.argv[0] = 'higgs'; sys.exit(main())"
+    argv = [sys.executable, "-c", bootstrap, "serve"]
     if profile:
         argv += ["--profile", profile]
     return argv + list(serve_args)
@@ -355,7 +358,12 @@ def start(
     return 0
 
 
-def stop(*, profile: str | None = None, all: bool = False, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
+def stop(
+    *,
+    profile: str | None = None,
+    all: Annotated[bool, Parameter(name="--all", negative="")] = False,
+    timeout: float = DEFAULT_STOP_TIMEOUT,
+) -> int:
     """Stop the background server of a profile (SIGTERM, then SIGKILL after ``timeout`` seconds).
 
     Args:
@@ -381,11 +389,11 @@ def stop(*, profile: str | None = None, all: bool = False, timeout: float = DEFA
     return code
 
 
-def status(*, json_output: bool = False) -> int:
+def status(*, json_output: Annotated[bool, Parameter(name="--json", negative="")] = False) -> int:
     """Show every profile's background server: pid, URL, uptime, models.
 
     Args:
-        json_output: print JSON instead of a table (``--json``).
+        json_output: print JSON instead of a table.
     """
     rows = [describe(instance) for instance in list_instances()]
     if json_output:
