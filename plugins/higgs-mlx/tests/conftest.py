@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from higgs.config import HiggsSettings, ModelSettings, ProviderSettings
+from higgs.hookspecs import hookimpl
 from higgs.interfaces import CallContext, ProviderContext, RouteDecision
 from higgs.specs import ArchitectureSpec
 
@@ -80,3 +81,20 @@ def mlx_lm_greedy(model_dir: Path, prompt: list[int], max_tokens: int) -> tuple[
             break
     text = "".join(r.text for r in stream_generate(model, tok, prompt, max_tokens=max_tokens))
     return tokens, text
+
+
+class LlamaArchPlugin:
+    """Registers the llama architecture (mlx-lm's module) so this plugin's tests need no arch plugin."""
+
+    @hookimpl
+    def higgs_architectures(self) -> list[ArchitectureSpec]:
+        return [LLAMA]
+
+
+def mlx_app(settings: dict[str, Any]) -> Any:
+    """The real gateway app with this plugin and the llama architecture, built from ``settings``."""
+    from higgs.testing import build_app
+
+    import higgs_mlx
+
+    return build_app(settings, plugins=[("mlx", higgs_mlx), ("test-arch-llama", LlamaArchPlugin())])

@@ -1,0 +1,114 @@
+"""End to end through the gateway with the official SDKs: the tiny model matches mlx-lm's own generation."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+from conftest import mlx_app, mlx_lm_greedy
+from higgs.testing import serve_in_thread
+
+from higgs_mlx import prompt as prompts
+
+QUESTION = "hello there"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, tiny_llama_no_template):
+    app = mlx_app({"models": [{"path": str(tiny_llama), "name": "tiny"},
+                              {"path": str(tiny_llama_no_template), "name": "plain"}]})
+    with serve_in_thread(app, timeout=120) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama):
+    """mlx-lm's greedy text for QUESTION rendered with the tiny model's template, and the token counts."""
+    from conftest import ARCHES
+    from higgs.messages import ChatRequest, Message, TextBlock
+
+    from higgs_mlx.loader import load_model_dir
+
+    lm = load_model_dir(tiny_llama, ARCHES, name="tiny")
+    ids = prompts.encode_chat(ChatRequest(model="tiny", messages=[
+        Message(role="user", content=[TextBlock(text=QUESTION)])]), lm)
+    tokens, text = mlx_lm_greedy(tiny_llama, ids, 20)
+    return {"text": text, "prompt_tokens": len(ids), "completion_tokens": len(tokens),
+            "eos": tokens[-1] in lm.eos_ids}
+
+
+@pytest.fixture
+def oai(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def claude(server):
+    return anthropic.Anthropic(base_url=server, api_key="unused", max_retries=0)
+
+
+def test_openai_chat_matches_mlx_lm(oai, reference):
+    reply = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
+                                        max_tokens=20, temperature=0)
+    assert reply.choices[0].message.content == reference["text"]
+    assert reply.usage.prompt_tokens == reference["prompt_tokens"]
+    assert reply.usage.completion_tokens == reference["completion_tokens"]
+    assert reply.choices[0].finish_reason == ("stop" if reference["eos"] else "length")
+
+    stream = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
+                                         max_tokens=20, temperature=0, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reference["text"]
+    assert chunks[-1].usage.completion_tokens == reference["completion_tokens"]
+
+
+def test_anthropic_messages_match_mlx_lm(claude, reference):
+    message = claude.messages.create(model="tiny", max_tokens=20, extra_body={"temperature": 0},
+                                     messages=[{"role": "user", "content": QUESTION}])
+    assert message.content[0].text == reference["text"]
+    assert message.usage.input_tokens == reference["prompt_tokens"]
+    assert message.usage.output_tokens == reference["completion_tokens"]
+    assert message.stop_reason == ("end_turn" if reference["eos"] else "max_tokens")
+
+    with claude.messages.stream(model="tiny", max_tokens=20, extra_body={"temperature": 0},
+                                messages=[{"role": "user", "content": QUESTION}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == reference["text"]
+    assert final.usage.output_tokens == reference["completion_tokens"]
+
+
+def test_anthropic_stop_sequence(claude, reference):
+    stop = reference["text"][5:8]
+    message = claude.messages.create(model="tiny", max_tokens=20, extra_body={"temperature": 0}, stop_sequences=[stop],
+                                     messages=[{"role": "user", "content": QUESTION}])
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
+    assert message.content[0].text == reference["text"][: reference["text"].index(stop)]
+
+
+def test_count_tokens_is_exact(claude, reference):
+    count = claude.messages.count_tokens(model="tiny", messages=[{"role": "user", "content": QUESTION}])
+    assert count.input_tokens == reference["prompt_tokens"]
+
+
+def test_completions_on_a_model_without_chat_template(oai):
+    with pytest.raises(openai.BadRequestError, match="no chat template"):
+        oai.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+    reply = oai.completions.create(model="plain", prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert reply.choices[0].text and reply.usage.completion_tokens == 6
+
+
+def test_context_overflow_is_a_400_in_both_formats(oai, claude):
+    long = "zap " * 2100
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long}], max_tokens=4)
+    assert "context" in str(err.value)
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.create(model="tiny", max_tokens=4, messages=[{"role": "user", "content": long}])
+
+
+def test_models_are_listed(oai):
+    ids = {m.id for m in oai.models.list()}
+    assert {"tiny", "plain"} <= ids
