@@ -56,7 +56,7 @@ def test_every_registration_hook_is_indexed():
 def test_duplicate_names_raise_naming_both_plugins():
     one = _module("one", higgs_formats=[FormatSpec(name="openai", factory=object)])
     two = _module("two", higgs_formats=[FormatSpec(name="openai", factory=object)])
-    with pytest.raises(PluginError, match="format 'openai' is registered twice: by plugin 'one'.*plugin 'two'"):
+    with pytest.raises(PluginError, match=r"format 'openai' is registered twice: by plugin 'one'.*plugin 'two'"):
         Registry.build(load_plugins(load_entrypoints=False, plugins=[one, two]))
     loaded = load_plugins(load_entrypoints=False, plugins=[one, two])
     Registry.build(loaded, strict=False)  # plugins list: report instead of failing
@@ -139,7 +139,7 @@ def test_broken_entry_point_is_reported_not_fatal(monkeypatch):
 
 def test_enabling_a_plugin_that_is_not_installed_is_an_error():
     loaded = load_plugins(load_entrypoints=False, enabled=["nope"])
-    with pytest.raises(PluginError, match="'nope' was enabled.*not installed"):
+    with pytest.raises(PluginError, match=r"'nope' was enabled.*not installed"):
         loaded.check_required()
 
 

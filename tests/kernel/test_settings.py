@@ -70,12 +70,12 @@ def test_bad_env_value_names_the_variable(monkeypatch):
     with pytest.raises(ConfigError, match="environment variable HIGGS_PORT"):
         load_settings()
     monkeypatch.setenv("HIGGS_PORT", "70000")
-    with pytest.raises(ConfigError, match="environment variable HIGGS_PORT: server.port: .*65535"):
+    with pytest.raises(ConfigError, match=r"environment variable HIGGS_PORT: server.port: .*65535"):
         load_settings()
 
 
 def test_bad_cli_value_names_the_flag():
-    with pytest.raises(ConfigError, match="--port: server.port: .*greater than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"--port: server.port: .*greater than or equal to 1"):
         load_settings(cli={"server.port": 0})
 
 
@@ -95,7 +95,7 @@ def test_config_with_profile_is_a_clear_error(tmp_path):
 def test_missing_explicit_files_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(config=tmp_path / "absent.toml")
-    with pytest.raises(ConfigError, match="profile 'nope' not found.*higgs init --profile nope"):
+    with pytest.raises(ConfigError, match=r"profile 'nope' not found.*higgs init --profile nope"):
         load_settings(profile="nope")
     with pytest.raises(ConfigError, match="not a valid profile name"):
         load_settings(profile="../etc")
