@@ -1,0 +1,356 @@
+"""``MlxProvider``: the local provider instance (``higgs``) that serves every configured local model.
+
+Requests are validated and rendered to token ids off the event loop (``asyncio.to_thread``), then handed
+to the engine thread as ``Job`` records; generated text comes back through an ``asyncio.Queue`` and is
+turned into canonical stream events by an ``OutputParser`` + ``EventBuilder`` (see ``output.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+from higgs.config import ModelSettings, ProviderSettings
+from higgs.errors import ApiError, InvalidRequestError, UnknownModelError
+from higgs.interfaces import CallContext, Provider, ProviderContext
+from higgs.messages import (
+    BlockDelta,
+    BlockStart,
+    BlockStop,
+    ChatRequest,
+    ChatResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorInfo,
+    ModelInfo,
+    Sampling,
+    StopReason,
+    StreamError,
+    StreamEvent,
+    StreamFinish,
+    StreamStart,
+    TextBlock,
+    TextDelta,
+    Usage,
+    accumulate,
+    new_id,
+)
+
+from higgs_mlx import prompt as prompts
+from higgs_mlx.engine import Chunk, Done, Engine, EngineOutput, Failed, Job
+from higgs_mlx.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_path
+from higgs_mlx.output import EventBuilder, OutputParser, PlainTextParser
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALIAS = "default"
+_NO_AGENTS = object()
+
+
+def _agents_module() -> ModuleType | None:
+    """``higgs_mlx.agents`` when it is installed (tool calls, reasoning, structured output), else None."""
+    try:
+        return importlib.import_module("higgs_mlx.agents")
+    except ModuleNotFoundError as err:
+        if err.name not in ("higgs_mlx.agents",):
+            raise
+        return None
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class MlxProvider(Provider):
+    """Serves local MLX models through one engine thread."""
+
+    upstream_format = None
+    local = True
+
+    def __init__(self, settings: ProviderSettings, ctx: ProviderContext) -> None:
+        self.name = settings.name or "higgs"
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.engine = Engine()
+        self.models: list[LoadedModel] = []
+        self._by_name: dict[str, LoadedModel] = {}
+        self._agents: Any = _NO_AGENTS
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def assume_yes(self) -> bool:
+        """Download uncached models without asking (``--yes``; ``HIGGS_YES=1``)."""
+        return bool(getattr(self.settings.server, "assume_yes", False)) or _truthy(os.environ.get("HIGGS_YES"))
+
+    async def start(self) -> None:
+        """Start the engine thread and load every configured model (or the embedded default) on it."""
+        self.engine.start()
+        entries = list(self.settings.models)
+        if not entries:
+            future = self.engine.call(self._load_default)
+            self._register(await asyncio.wrap_future(future))
+            return
+        for entry in entries:
+            future = self.engine.call(lambda e=entry: self._load_entry(e))
+            self._register(await asyncio.wrap_future(future))
+
+    def _load_entry(self, entry: ModelSettings) -> LoadedModel:
+        path = resolve_model_path(entry.path, assume_yes=self.assume_yes)
+        name = entry.name or entry.path
+        aliases = tuple(a for a in dict.fromkeys([entry.path, str(path), path.name]) if a != name)
+        return load_model_dir(path, self.ctx.architectures, name=name, aliases=aliases)
+
+    def _load_default(self) -> LoadedModel:
+        from higgs_mlx.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+
+        path = ensure_default_model()
+        return load_model_dir(path, self.ctx.architectures, name=DEFAULT_MODEL_NAME,
+                              aliases=(DEFAULT_ALIAS, str(path)))
+
+    def _register(self, lm: LoadedModel) -> None:
+        for key in (lm.name, *lm.aliases):
+            other = self._by_name.get(key)
+            if other is not None and other is not lm:
+                raise ModelLoadError(f"Two local models answer to '{key}': {other.path} and {lm.path}; "
+                                     "give one of them a different name.")
+            self._by_name[key] = lm
+        self.models.append(lm)
+        log.info("local model %s loaded from %s (%s)", lm.name, lm.path, lm.arch.name)
+
+    async def close(self) -> None:
+        """Stop the engine thread."""
+        await asyncio.to_thread(self.engine.stop)
+
+    # -- catalogue --------------------------------------------------------------------------------
+    def serves(self, model: str) -> bool:
+        """Whether ``model`` is a local model's name, alias, path or HF id."""
+        return model in self._by_name
+
+    async def list_models(self) -> list[ModelInfo]:
+        """One entry per loaded model (aliases are not listed separately)."""
+        return [ModelInfo(id=lm.name, owned_by=self.name, kind="local", context_length=lm.context_length)
+                for lm in self.models]
+
+    def state(self) -> dict[str, Any]:
+        """Engine numbers for ``/metrics``."""
+        return {**self.engine.state(), "models": [lm.name for lm in self.models]}
+
+    def model(self, name: str) -> LoadedModel:
+        """The loaded model for ``name`` or a 404 listing what is available."""
+        lm = self._by_name.get(name)
+        if lm is None:
+            raise UnknownModelError(name, [m.name for m in self.models])
+        return lm
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def agents(self) -> ModuleType | None:
+        """The agents extension module, imported once."""
+        if self._agents is _NO_AGENTS:
+            self._agents = _agents_module()
+        return self._agents  # type: ignore[no-any-return]
+
+    def _max_tokens(self, requested: int | None, prompt_len: int, lm: LoadedModel) -> int:
+        cap = self.settings.server.max_tokens
+        if requested is not None and requested < 1:
+            raise InvalidRequestError("max_tokens must be at least 1", param="max_tokens")
+        limit = min(requested or cap, cap)
+        if lm.context_length:
+            if prompt_len >= lm.context_length:
+                raise ApiError(400, "context_length_exceeded",
+                               f"The prompt is {prompt_len} tokens, but '{lm.name}' has a context of "
+                               f"{lm.context_length} tokens.", param="messages", code="context_length_exceeded")
+            limit = min(limit, lm.context_length - prompt_len)
+        return limit
+
+    def _job_kwargs(self, sampling: Sampling, lm: LoadedModel) -> dict[str, Any]:
+        from higgs_mlx.sampling import RequestSampler, make_processors, validate
+
+        validate(sampling, int(lm.config.get("vocab_size") or len(lm.tokenizer)))
+        return {
+            "sampler": RequestSampler(sampling),
+            "processors": make_processors(sampling),
+            "top_logprobs": (sampling.top_logprobs or 0) if sampling.logprobs else None,
+        }
+
+    async def _run(self, jobs: list[Job]) -> AsyncIterator[tuple[int, EngineOutput]]:
+        """Submit ``jobs`` and yield ``(job index, output)`` until each is done; cancel them on exit."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[tuple[int, EngineOutput]] = asyncio.Queue()
+
+        def emitter(index: int) -> Any:
+            def emit(item: EngineOutput) -> None:
+                try:
+                    loop.call_soon_threadsafe(inbox.put_nowait, (index, item))
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
+            return emit
+
+        for index, job in enumerate(jobs):
+            job.emit = emitter(index)
+            self.engine.submit(job)
+        open_jobs = len(jobs)
+        try:
+            while open_jobs:
+                index, item = await inbox.get()
+                if isinstance(item, (Done, Failed)):
+                    open_jobs -= 1
+                yield index, item
+        finally:
+            for job in jobs:
+                job.cancel()
+
+    # -- chat -------------------------------------------------------------------------------------
+    def _prepare_chat(self, request: ChatRequest) -> tuple[LoadedModel, str, list[int]]:
+        """Model, rendered prompt text and its token ids (runs in a worker thread)."""
+        lm = self.model(request.model)
+        if request.n != 1:
+            raise InvalidRequestError("Local models generate one choice per request (n must be 1).", param="n")
+        agents = self.agents()
+        options = None
+        if agents is not None and hasattr(agents, "template_options"):
+            options = agents.template_options(request, lm.arch)
+        text = prompts.render_chat(request, lm, options)
+        return lm, text, prompts.encode_text(text, lm)
+
+    def _output_parser(self, request: ChatRequest, lm: LoadedModel, prompt: str) -> OutputParser:
+        agents = self.agents()
+        if agents is not None and hasattr(agents, "make_output_parser"):
+            parser = agents.make_output_parser(request, lm.arch, lm.tokenizer, prompt=prompt)
+            if parser is not None:
+                return parser  # type: ignore[no-any-return]
+        return PlainTextParser()
+
+    def _extra_processors(self, request: ChatRequest, lm: LoadedModel, prompt: str, max_tokens: int) -> list[Any]:
+        agents = self.agents()
+        if agents is not None and hasattr(agents, "make_logits_processors"):
+            return list(agents.make_logits_processors(request, lm.tokenizer, arch=lm.arch, prompt=prompt,
+                                                      max_tokens=max_tokens) or [])
+        return []
+
+    async def count_tokens(self, request: ChatRequest, call: CallContext) -> int:
+        """The exact number of tokens of the rendered prompt."""
+        _, _, ids = await asyncio.to_thread(self._prepare_chat, request)
+        return len(ids)
+
+    def chat_stream(self, request: ChatRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
+        """Generate a chat answer as canonical stream events."""
+        return self._chat_events(request, None)
+
+    async def _chat_events(self, request: ChatRequest,
+                           logprobs: list[dict[str, Any]] | None) -> AsyncIterator[StreamEvent]:
+        lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
+        max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
+        kwargs = self._job_kwargs(request.sampling, lm)
+        kwargs["processors"] += self._extra_processors(request, lm, text, max_tokens)
+        job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None, **kwargs)
+        parser = self._output_parser(request, lm, text)
+        builder = EventBuilder()
+        yield StreamStart(id=new_id(), model=request.model, usage=Usage(input_tokens=len(ids)))
+        async for _, item in self._run([job]):
+            if isinstance(item, Chunk):
+                if logprobs is not None and item.logprobs:
+                    logprobs.extend(item.logprobs)
+                for event in builder.push(parser.feed(item.text)) if item.text else ():
+                    yield event
+            elif isinstance(item, Done):
+                for event in builder.push(parser.finish()):
+                    yield event
+                usage = Usage(input_tokens=item.prompt_tokens, output_tokens=item.output_tokens,
+                              cached_tokens=item.cached_tokens)
+                for event in builder.finish(item.reason, usage, item.stop_sequence):
+                    yield event
+                return
+            else:
+                yield StreamError(error=_error_info(item.error))
+                return
+
+    async def chat(self, request: ChatRequest, call: CallContext) -> ChatResponse:
+        """Generate a full chat answer (the stream, folded)."""
+        events: list[StreamEvent] = []
+        logprobs: list[dict[str, Any]] = []
+        async for event in self._chat_events(request, logprobs):
+            if isinstance(event, StreamError):
+                raise ApiError.from_info(event.error)
+            events.append(event)
+        response = accumulate(events, request.model)
+        if logprobs:
+            response.extra["logprobs"] = {"content": logprobs}
+        return response
+
+    # -- completions ------------------------------------------------------------------------------
+    async def _completion_jobs(self, request: CompletionRequest) -> tuple[LoadedModel, list[Job], list[str]]:
+        lm = self.model(request.model)
+        encoded = await asyncio.to_thread(prompts.encode_completion, request, lm)
+        if request.n < 1:
+            raise InvalidRequestError("n must be at least 1", param="n")
+        jobs: list[Job] = []
+        echoes: list[str] = []
+        for ids in encoded:
+            for _ in range(request.n):
+                jobs.append(Job(lm=lm, prompt=ids, max_tokens=self._max_tokens(request.max_tokens, len(ids), lm),
+                                stops=list(request.stop), emit=lambda _: None,
+                                **self._job_kwargs(request.sampling, lm)))
+                echoes.append(lm.tokenizer.decode(ids) if request.echo else "")
+        return lm, jobs, echoes
+
+    async def complete_stream(self, request: CompletionRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
+        """Text completion as a stream; ``BlockDelta.index`` is the choice index."""
+        _, jobs, echoes = await self._completion_jobs(request)
+        yield StreamStart(id=new_id("cmpl"), model=request.model,
+                          usage=Usage(input_tokens=sum(len(j.prompt) for j in jobs)))
+        started: set[int] = set()
+        reasons: list[StopReason | None] = [None] * len(jobs)
+        stop_seq: str | None = None
+        usage = Usage()
+        async for index, item in self._run(jobs):
+            if isinstance(item, Failed):
+                yield StreamError(error=_error_info(item.error))
+                return
+            if index not in started:
+                started.add(index)
+                yield BlockStart(index=index, block=TextBlock(text=""))
+                if echoes[index]:
+                    yield BlockDelta(index=index, delta=TextDelta(text=echoes[index]))
+            if isinstance(item, Chunk) and item.text:
+                yield BlockDelta(index=index, delta=TextDelta(text=item.text))
+            elif isinstance(item, Done):
+                reasons[index] = item.reason
+                stop_seq = stop_seq or item.stop_sequence
+                usage.input_tokens += item.prompt_tokens
+                usage.output_tokens += item.output_tokens
+                yield BlockStop(index=index)
+        reason = next((r for r in reasons if r is not None), "end_turn")
+        yield StreamFinish(stop_reason=reason, stop_sequence=stop_seq, usage=usage)
+
+    async def complete(self, request: CompletionRequest, call: CallContext) -> CompletionResponse:
+        """Full text completion, one choice per prompt x ``n``."""
+        _, jobs, echoes = await self._completion_jobs(request)
+        texts = list(echoes)
+        reasons: list[StopReason | None] = ["end_turn"] * len(jobs)
+        usage = Usage()
+        async for index, item in self._run(jobs):
+            if isinstance(item, Failed):
+                raise ApiError.from_info(_error_info(item.error))
+            if isinstance(item, Chunk):
+                texts[index] += item.text
+            elif isinstance(item, Done):
+                reasons[index] = item.reason
+                usage.input_tokens += item.prompt_tokens
+                usage.output_tokens += item.output_tokens
+        return CompletionResponse(id=new_id("cmpl"), model=request.model, usage=usage,
+                                  choices=[CompletionChoice(index=i, text=t, stop_reason=r)
+                                           for i, (t, r) in enumerate(zip(texts, reasons, strict=True))])
+
+
+def _error_info(error: BaseException) -> ErrorInfo:
+    if isinstance(error, ApiError):
+        return error.info
+    return ErrorInfo(status=500, kind="api_error", message=f"Local generation failed: {type(error).__name__}: {error}")
+
+
