@@ -74,6 +74,8 @@ def reasoning_budget(request: ChatRequest) -> int | None:
     opts = request.reasoning
     if opts is None:
         return None
+    if opts.enabled is False:
+        return 0
     if opts.budget_tokens is not None:
         return max(opts.budget_tokens, 0)
     return EFFORT_BUDGETS.get(opts.effort) if opts.effort else None

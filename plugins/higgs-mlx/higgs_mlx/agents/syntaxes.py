@@ -130,8 +130,8 @@ class MistralSyntax(ToolSyntax):
         args_at = buf.find("[ARGS]", skip)
         if args_at < 0:
             head = buf[skip:].split("[CALL_ID]", 1)[0]
-            for n in range(min(len(head), 5), 0, -1):  # a partial "[ARGS]" at the end
-                if "[ARGS]".startswith(head[-n:]):
+            for n in range(min(len(head), 8), 0, -1):  # a partial "[ARGS]" / "[CALL_ID]" at the end
+                if "[ARGS]".startswith(head[-n:]) or "[CALL_ID]".startswith(head[-n:]):
                     head = head[:-n]
                     break
             if final or not (head == "" or self._name.fullmatch(head)):

@@ -203,6 +203,7 @@ class ToolCallParser:
         self.tool_names = frozenset(tool_names)
         self._buf = ""
         self._in_call = False
+        self._bare = False  # the open region is a bare JSON call at the start of the answer
         self._at_start = syntax.json_at_start
         self._held_ws = ""
         self._after_call = False
@@ -268,12 +269,12 @@ class ToolCallParser:
                 self._at_start = False
                 if stripped[0] in "{[":
                     self._buf = stripped
-                    self._in_call = True
+                    self._in_call = self._bare = True
                     if not self._region(final, out, bare=True):
                         break
                     continue
             if self._in_call:
-                if not self._region(final, out, bare=False):
+                if not self._region(final, out, bare=self._bare):
                     break
                 continue
             hit = self._find_marker()
@@ -298,7 +299,7 @@ class ToolCallParser:
             return False
         consumed = max(outcome.consumed, 1)
         region, self._buf = self._buf[:consumed], self._buf[consumed:]
-        self._in_call = False
+        self._in_call = self._bare = False
         if self._valid(outcome.calls):
             out += self._calls(outcome.calls or [])
         else:
