@@ -80,7 +80,7 @@ def _images(raw: Any, where: str) -> list[ContentBlock]:
     blocks: list[ContentBlock] = []
     for image in raw:
         if image.startswith("data:"):
-            head, _, image = image.partition(",")
+            image = image.partition(",")[2]
         blocks.append(ImageBlock(media_type=media_type(image), data=image))
     return blocks
 
@@ -345,7 +345,6 @@ async def render_stream(events: AsyncIterator[StreamEvent], model: str, generate
     started = time.perf_counter_ns()
     first: int | None = None
     tools: dict[int, tuple[ToolUseBlock, list[str]]] = {}
-    kinds: dict[int, str] = {}
     calls = 0
 
     def chunk(**fields: Any) -> bytes:
@@ -359,7 +358,6 @@ async def render_stream(events: AsyncIterator[StreamEvent], model: str, generate
 
     async for event in events:
         if isinstance(event, BlockStart):
-            kinds[event.index] = event.block.type
             if isinstance(event.block, ToolUseBlock):
                 tools[event.index] = (event.block, [])
         elif isinstance(event, BlockDelta):
