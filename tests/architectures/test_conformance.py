@@ -8,6 +8,7 @@ One server (module scope) serves all twenty models; each model is built in the t
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,10 @@ MAX_TOKENS = 12
 
 def arch_plugins() -> list[tuple[str, Any]]:
     """(entry-point name, module) for every architecture plugin, as the entry points name them."""
-    return [(f"arch-{pkg.removeprefix('higgs_arch_').replace('_', '-')}", importlib.import_module(pkg))
-            for pkg in PLUGINS.values()]
+    return [
+        (f"arch-{pkg.removeprefix('higgs_arch_').replace('_', '-')}", importlib.import_module(pkg))
+        for pkg in PLUGINS.values()
+    ]
 
 
 def spec_of(model_type: str) -> Any:
@@ -59,8 +62,9 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs: dict[str, Path] = {}
     for seed, model_type in enumerate(MODEL_TYPES):
         dirs[model_type] = build_tiny_model(model_type, root / model_type, seed=seed)
-        dirs[f"{model_type}-bare"] = build_tiny_model(model_type, root / f"{model_type}-bare", seed=seed + 100,
-                                                      chat_template=None)
+        dirs[f"{model_type}-bare"] = build_tiny_model(
+            model_type, root / f"{model_type}-bare", seed=seed + 100, chat_template=None
+        )
     return dirs
 
 
@@ -90,8 +94,9 @@ def expected(model_dirs: dict[str, Path], name: str, **template_kwargs: Any) -> 
     model_type = name.removesuffix("-bare")
     template = spec_of(model_type).chat_template if name.endswith("-bare") else None
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
-    reference = reference_generate(model_dirs[name], messages=messages, max_tokens=MAX_TOKENS,
-                                   chat_template=template, **template_kwargs)
+    reference = reference_generate(
+        model_dirs[name], messages=messages, max_tokens=MAX_TOKENS, chat_template=template, **template_kwargs
+    )
     assert len(reference.tokens) == MAX_TOKENS and reference.text.strip(), "tiny model output is degenerate"
     return reference
 
@@ -100,12 +105,20 @@ def ask_openai(oai: openai.OpenAI, name: str, *, stream: bool, **extra: Any) -> 
     """(text, usage, finish_reason) of one greedy chat completion."""
     messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     if not stream:
-        response = oai.chat.completions.create(model=name, messages=messages, max_tokens=MAX_TOKENS, temperature=0,
-                                               **extra)
+        response = oai.chat.completions.create(
+            model=name, messages=messages, max_tokens=MAX_TOKENS, temperature=0, **extra
+        )
         return response.choices[0].message.content or "", response.usage, response.choices[0].finish_reason
     text, usage, finish = [], None, None
-    for chunk in oai.chat.completions.create(model=name, messages=messages, max_tokens=MAX_TOKENS, temperature=0,
-                                             stream=True, stream_options={"include_usage": True}, **extra):
+    for chunk in oai.chat.completions.create(
+        model=name,
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        **extra,
+    ):
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
@@ -117,8 +130,14 @@ def ask_openai(oai: openai.OpenAI, name: str, *, stream: bool, **extra: Any) -> 
 def ask_anthropic(claude: anthropic.Anthropic, name: str, *, stream: bool, **extra: Any) -> tuple[str, Any, str]:
     """(text, usage, stop_reason) of one greedy message."""
     # anthropic 2.x's SDK no longer has a temperature argument; the Messages API still takes the field.
-    kwargs: Any = {"model": name, "system": SYSTEM, "max_tokens": MAX_TOKENS, "extra_body": {"temperature": 0},
-                   "messages": [{"role": "user", "content": QUESTION}], **extra}
+    kwargs: Any = {
+        "model": name,
+        "system": SYSTEM,
+        "max_tokens": MAX_TOKENS,
+        "extra_body": {"temperature": 0},
+        "messages": [{"role": "user", "content": QUESTION}],
+        **extra,
+    }
     if not stream:
         message = claude.messages.create(**kwargs)
     else:
@@ -178,9 +197,65 @@ def test_a_model_type_without_plugin_names_the_plugin_to_install(model_dirs):
     import higgs_mlx
 
     others = [(name, module) for name, module in arch_plugins() if name != "arch-qwen3-moe"]
-    app = build_app({"models": [{"path": str(model_dirs["qwen3_moe"]), "name": "moe"}]},
-                    plugins=[("mlx", higgs_mlx), *others])
+    app = build_app(
+        {"models": [{"path": str(model_dirs["qwen3_moe"]), "name": "moe"}]}, plugins=[("mlx", higgs_mlx), *others]
+    )
     with pytest.raises(Exception, match="install the architecture plugin for qwen3_moe") as caught:
         with serve_in_thread(app, timeout=60):
             pass
     assert "higgs-arch-qwen3-moe" in str(caught.value)
+
+
+#: The tiny vocabulary spells most tool markup byte by byte (DeepSeek's tags alone take ~100 tokens).
+FORCED_TOKENS = 240
+UNIT_TOOL = {
+    "name": "set_unit",
+    "description": "Set the temperature unit",
+    "input_schema": {
+        "type": "object",
+        "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["unit"],
+    },
+}
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_a_forced_tool_call_comes_back_structured_in_both_formats(oai, claude, model_type):
+    function = {
+        "name": UNIT_TOOL["name"],
+        "description": UNIT_TOOL["description"],
+        "parameters": UNIT_TOOL["input_schema"],
+    }
+    response = oai.chat.completions.create(
+        model=model_type,
+        messages=[{"role": "user", "content": "Use celsius."}],
+        max_tokens=FORCED_TOKENS,
+        temperature=0,
+        tools=[{"type": "function", "function": function}],
+        tool_choice={"type": "function", "function": {"name": "set_unit"}},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "set_unit"
+    assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
+
+    with claude.messages.stream(
+        model=model_type,
+        max_tokens=FORCED_TOKENS,
+        messages=[{"role": "user", "content": "Use celsius."}],
+        tools=[UNIT_TOOL],
+        tool_choice={"type": "tool", "name": "set_unit"},
+        extra_body={"temperature": 0},
+    ) as events:
+        message = events.get_final_message()
+    assert message.stop_reason == "tool_use"
+    (use,) = [block for block in message.content if block.type == "tool_use"]
+    assert use.name == "set_unit" and use.input["unit"] in ("celsius", "fahrenheit")
+
+
+def test_every_declared_tool_parser_is_one_the_engine_knows():
+    from higgs_mlx.agents.syntaxes import SYNTAXES
+
+    declared = {t: spec_of(t).tool_parser for t in MODEL_TYPES}
+    assert {t: p for t, p in declared.items() if p is not None and p not in SYNTAXES} == {}
