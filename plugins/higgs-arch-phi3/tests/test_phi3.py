@@ -79,4 +79,4 @@ def test_phi3_turns(tokenizer: Any):
     assert render(tokenizer, messages) == "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
     # The EOS is <|endoftext|>; a chat turn ends with <|end|>, so both stop generation.
     assert set(SPEC.extra_stop_tokens) == {"<|end|>", "<|endoftext|>"}
-    assert SPEC.tool_parser is None
+    assert SPEC.tool_parser == "phi"  # Phi-4-mini's <|tool_call|> / functools[...] syntax
