@@ -202,7 +202,7 @@ def parse_messages(raw: Any) -> tuple[list[TextBlock], list[Message]]:
         if messages and messages[-1].role == role:
             messages[-1].content.extend(blocks)
         else:
-            messages.append(Message(role=role, content=blocks))  # type: ignore[arg-type]
+            messages.append(Message(role=role, content=blocks))
 
     for i, message in enumerate(raw):
         where = f"messages[{i}]"

@@ -145,7 +145,7 @@ def parse_chat(body: dict[str, Any]) -> ChatResponse:
     calls = _calls(message)
     blocks.extend(calls)
     stop = "tool_use" if calls else _STOP.get(str(body.get("done_reason")), "end_turn")
-    return ChatResponse(model=str(body.get("model") or ""), content=blocks, stop_reason=stop,  # type: ignore[arg-type]
+    return ChatResponse(model=str(body.get("model") or ""), content=blocks, stop_reason=stop,
                         usage=_usage(body))
 
 
@@ -202,7 +202,7 @@ async def parse_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEven
             if open_kind is not None:
                 yield BlockStop(index=index)
             stop = "tool_use" if saw_call else _STOP.get(str(body.get("done_reason")), "end_turn")
-            yield StreamFinish(stop_reason=stop, usage=_usage(body))  # type: ignore[arg-type]
+            yield StreamFinish(stop_reason=stop, usage=_usage(body))
             return
 
 

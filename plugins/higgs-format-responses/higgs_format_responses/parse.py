@@ -147,7 +147,7 @@ class _Turns:
         if self.messages and self.messages[-1].role == role:
             self.messages[-1].content.extend(blocks)
         else:
-            self.messages.append(Message(role=role, content=blocks))  # type: ignore[arg-type]
+            self.messages.append(Message(role=role, content=blocks))
 
 
 def _reasoning_block(item: dict[str, Any]) -> ThinkingBlock | None:
@@ -253,7 +253,7 @@ def _reasoning(raw: Any) -> Reasoning | None:
                                   param="reasoning.effort")
     if effort == "none":
         return Reasoning(enabled=False)
-    return Reasoning(enabled=True, effort=_EFFORTS[effort])  # type: ignore[arg-type]
+    return Reasoning(enabled=True, effort=_EFFORTS[effort])
 
 
 def parse_request(body: dict[str, Any]) -> ChatRequest:

@@ -94,8 +94,8 @@ def response_object(request: ChatRequest, *, rid: str, created: int, model: str,
     incomplete = None
     if status == "incomplete":
         incomplete = {"reason": "content_filter" if stop_reason == "refusal" else "max_output_tokens"}
-    reasoning = echo.get("reasoning") if isinstance(echo.get("reasoning"), dict) else {}
-    text = echo.get("text") if isinstance(echo.get("text"), dict) else {}
+    reasoning: dict[str, Any] = echo["reasoning"] if isinstance(echo.get("reasoning"), dict) else {}
+    text: dict[str, Any] = echo["text"] if isinstance(echo.get("text"), dict) else {}
     return {
         "id": rid,
         "object": "response",

@@ -216,7 +216,7 @@ def parse_response(body: dict[str, Any]) -> ChatResponse:
     extra = {"status": body["status"]} if body.get("status") not in (None, "completed") else {}
     return ChatResponse(id=str(body.get("id") or "resp"), model=str(body.get("model") or ""),
                         created=int(body.get("created_at") or 0), content=blocks,
-                        stop_reason=_stop_reason(body, has_call),  # type: ignore[arg-type]
+                        stop_reason=_stop_reason(body, has_call),
                         usage=_usage(body.get("usage")), extra=extra)
 
 
@@ -325,7 +325,7 @@ class StreamParser:
                 events.append(BlockStop(index=self.open.pop(key)))
             has_call = any(isinstance(i, dict) and i.get("type") in ("function_call", "custom_tool_call")
                            for i in response.get("output") or [])
-            events.append(StreamFinish(stop_reason=_stop_reason(response, has_call),  # type: ignore[arg-type]
+            events.append(StreamFinish(stop_reason=_stop_reason(response, has_call),
                                        usage=_usage(response.get("usage"))))
             self.finished = True
         elif kind == "response.failed":
@@ -333,7 +333,8 @@ class StreamParser:
             events.append(StreamError(error=error_info(500, {"error": response.get("error") or {}})))
             self.finished = True
         elif kind == "error":
-            raw = data.get("error") if isinstance(data.get("error"), dict) else data
+            nested = data.get("error")
+            raw: dict[str, Any] = nested if isinstance(nested, dict) else data
             events.append(StreamError(error=ErrorInfo(status=500, kind="api_error",
                                                       message=str(raw.get("message") or "upstream stream error"),
                                                       code=raw.get("code"), param=raw.get("param"))))
