@@ -1,7 +1,7 @@
 """Constrained decoding through outlines-core: a regex -> a token index -> a logits mask each step.
 
 - ``vocabulary_for(tokenizer)`` maps every token id to the bytes it decodes to (byte-level BPE and
-  SentencePiece byte-fallback handled), without special tokens (except the family's call markers) and
+  SentencePiece byte-fallback handled), without special tokens (except tool-call markers and reasoning tags) and
   without EOS, and caches it per tokenizer.
 - ``compile_regex(tokenizer, regex)`` builds outlines-core's ``Index`` for the regex over that vocabulary;
   indexes are cached (LRU, keyed by tokenizer and regex hash), so a schema is compiled once.
@@ -122,6 +122,16 @@ def _token_bytes(hf: Any) -> dict[int, bytes]:
     return out
 
 
+def _markup_tokens() -> frozenset[str]:
+    """Special tokens a forced call may be spelled with: every syntax's markers and the reasoning tags."""
+    from higgs_mlx.agents.syntaxes import SYNTAXES
+
+    markers = {m for cls in SYNTAXES.values() for m in cls.markers}
+    return frozenset(markers | {"<think>", "</think>", "</tool_call>", "<|/tool_call|>", "<tool_call|>", "[ARGS]",
+                                "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>",  # noqa: RUF001
+                                "<｜tool▁sep｜>"})  # noqa: RUF001
+
+
 def vocabulary_for(tokenizer: Any) -> TokenVocabulary:
     """The outlines-core vocabulary of ``tokenizer`` (an mlx-lm ``TokenizerWrapper`` or HF tokenizer)."""
     with _lock:
@@ -135,7 +145,8 @@ def vocabulary_for(tokenizer: Any) -> TokenVocabulary:
         {hf.eos_token_id} if hf.eos_token_id is not None else set()))
     if not eos_ids:
         raise InvalidRequestError("Constrained decoding needs a tokenizer with an end-of-sequence token.")
-    specials = {tid for tid, tok in hf.added_tokens_decoder.items() if tok.special}
+    keep = _markup_tokens()
+    specials = {tid for tid, tok in hf.added_tokens_decoder.items() if tok.special and tok.content not in keep}
     added = {tid: tok.content for tid, tok in hf.added_tokens_decoder.items() if not tok.special}
     by_bytes: dict[bytes, list[int]] = {}
     for tid, raw in _token_bytes(hf).items():
