@@ -161,14 +161,16 @@ async def outer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def emit_record(app: web.Application, record: RequestRecord) -> None:
-    """Fire ``higgs_request_finished``; a failing listener is logged, never raised."""
+    """Fire ``higgs_request_finished`` for each listener separately: a failing one is logged and the
+    others still get the record."""
     registry = app.get(keys.REGISTRY)
     if registry is None:
         return
-    try:
-        registry.pm.hook.higgs_request_finished(record=record)
-    except Exception:
-        log.exception("a higgs_request_finished hook failed")
+    for impl in registry.pm.hook.higgs_request_finished.get_hookimpls():
+        try:
+            impl.function(*(record for _ in impl.argnames))  # an impl may take no argument
+        except Exception:
+            log.exception("plugin %s: higgs_request_finished failed", impl.plugin_name)
 
 
 def _allowed_origin(app: web.Application, origin: str) -> str | None:
