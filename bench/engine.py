@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Single-stream decode and prefill: higgs's local engine vs mlx-lm's own ``generate_step``.
+
+Both run in this process on the same synthetic model (``bench/make_model.py``: random weights, a real
+model's exact shapes and quantization), the same random prompt and greedy decoding that ignores EOS, so
+every run generates exactly ``--gen`` tokens. Runs alternate (mlx-lm, higgs, mlx-lm, ...) after a warm-up,
+and the table shows the median and the spread (min..max) of each.
+
+higgs is measured as a server sees it: a ``Job`` goes to the engine thread, tokens come back to an asyncio
+loop through ``loop.call_soon_threadsafe`` (detokenization and stop matching included).
+
+    python bench/engine.py                                  # CPU: tiny preset, float32
+    python bench/engine.py --preset llama-3.2-1b-instruct   # GPU (CUDA/Metal): bfloat16 by default
+    python bench/engine.py --prompt 512 --gen 128 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def build_model(preset: str, dtype: str, bits: int, root: Path) -> Path:
+    """The synthetic model directory (made once, then reused)."""
+    import make_model
+
+    out = root / f"{preset}-{dtype}-{bits}bit"
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    config, family = make_model.PRESETS[preset]
+    config = dict(config, torch_dtype=dtype)
+    make_model.make_model(config, family, out, bits, 64, 0)
+    return out
+
+
+def random_prompt(vocab: int, n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(256, min(vocab, 30000)) for _ in range(n)]
+
+
+def run_mlx_lm(model, prompt: list[int], gen: int) -> tuple[float, float, int]:
+    """(prefill seconds = time to the first token, decode seconds for the rest, tokens) with generate_step."""
+    import mlx.core as mx  # noqa: TID251 (bench measures mlx directly)
+    from mlx_lm.generate import generate_step  # noqa: TID251
+
+    start = time.perf_counter()
+    first = None
+    count = 0
+    for _token, _ in generate_step(mx.array(prompt), model, max_tokens=gen):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return first - start, end - first, count
+
+
+async def run_higgs(engine, lm, prompt: list[int], gen: int) -> tuple[float, float, int]:
+    """The same measurement through higgs's engine thread and an asyncio consumer."""
+    from higgs_mlx.engine import Chunk, Done, Failed, Job
+    from higgs_mlx.sampling import RequestSampler
+
+    from higgs.messages import Sampling
+
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    job = Job(lm=lm, prompt=prompt, max_tokens=gen, sampler=RequestSampler(Sampling(temperature=0)),
+              emit=lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
+    start = time.perf_counter()
+    engine.submit(job)
+    first = None
+    while True:
+        item = await inbox.get()
+        if isinstance(item, Chunk) and first is None:
+            first = time.perf_counter()
+        elif isinstance(item, Failed):
+            raise item.error
+        elif isinstance(item, Done):
+            end = time.perf_counter()
+            return (first or end) - start, end - (first or end), item.output_tokens
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):9.1f}  ({min(values):.1f}..{max(values):.1f})"
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    import mlx.core as mx  # noqa: TID251 (bench measures mlx directly)
+    from higgs_mlx.engine import Engine
+    from higgs_mlx.loader import load_model_dir, on_cpu
+    from mlx_lm import load  # noqa: TID251
+
+    from higgs.specs import ArchitectureSpec
+
+    cpu = on_cpu()
+    dtype = args.dtype or ("float32" if cpu else "bfloat16")
+    model_dir = Path(args.model_dir) if args.model_dir else build_model(args.preset, dtype, args.bits, args.cache)
+    config = json.loads((model_dir / "config.json").read_text())
+    arch = ArchitectureSpec(name=config["model_type"], model_types=(config["model_type"],),
+                            module=f"mlx_lm.models.{config['model_type']}")
+    ref_model, _ = load(str(model_dir))
+    engine = Engine()
+    engine.start()
+    lm = await asyncio.wrap_future(engine.call(
+        lambda: load_model_dir(model_dir, {arch.model_types[0]: arch}, name="bench")))
+    lm = dataclasses.replace(lm, eos_ids=set())  # generate exactly --gen tokens, like ignore_eos
+    prompt = random_prompt(config["vocab_size"], args.prompt, args.seed)
+
+    for _ in range(args.warmup):
+        run_mlx_lm(ref_model, prompt, min(args.gen, 16))
+        await run_higgs(engine, lm, prompt, min(args.gen, 16))
+
+    results: dict[str, dict[str, list[float]]] = {"mlx-lm generate_step": {"prefill": [], "decode": []},
+                                                  "higgs engine": {"prefill": [], "decode": []}}
+    for rep in range(args.repeats):
+        for name in (("mlx-lm generate_step", "higgs engine") if rep % 2 == 0
+                     else ("higgs engine", "mlx-lm generate_step")):
+            if name == "higgs engine":
+                prefill_s, decode_s, n = await run_higgs(engine, lm, prompt, args.gen)
+            else:
+                prefill_s, decode_s, n = run_mlx_lm(ref_model, prompt, args.gen)
+            if n != args.gen:
+                raise SystemExit(f"{name} produced {n} tokens, expected {args.gen}")
+            results[name]["prefill"].append(len(prompt) / prefill_s)
+            results[name]["decode"].append((n - 1) / decode_s)
+    engine.stop()
+
+    import mlx_lm  # noqa: TID251
+
+    device = mx.default_device()
+    print(f"model {model_dir.name} ({config['model_type']}, hidden {config['hidden_size']}, "
+          f"{config['num_hidden_layers']} layers, {args.bits}-bit, {dtype}); device {device}; "
+          f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}")
+    print(f"prompt {len(prompt)} tokens, {args.gen} generated, greedy, {args.repeats} runs each "
+          f"(alternating), median (min..max)\n")
+    print(f"{'':22s}  {'prefill tok/s':>24s}  {'decode tok/s':>24s}")
+    for name, numbers in results.items():
+        print(f"{name:22s}  {spread(numbers['prefill']):>24s}  {spread(numbers['decode']):>24s}")
+    base, ours = results["mlx-lm generate_step"], results["higgs engine"]
+    prefill_ratio = statistics.median(ours["prefill"]) / statistics.median(base["prefill"])
+    decode_ratio = statistics.median(ours["decode"]) / statistics.median(base["decode"])
+    print(f"\nhiggs / mlx-lm: prefill {prefill_ratio:.3f}x, decode {decode_ratio:.3f}x (target decode >= 0.97x)")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", help="make_model.py preset (tiny, llama-3.2-1b-instruct, ...)")
+    ap.add_argument("--model-dir", help="use this MLX model directory instead of a synthetic one")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                    help="float dtype of the synthetic model (default: float32 on the CPU, bfloat16 on a GPU)")
+    ap.add_argument("--bits", type=int, default=4, help="quantization bits of the synthetic model (0 = none)")
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    ap.add_argument("--gen", type=int, default=64, help="generated tokens per run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    ap.add_argument("--cache", type=Path, default=xdg / "higgs" / "bench-models",
+                    help="where synthetic models are kept (default: $XDG_CACHE_HOME/higgs/bench-models)")
+    return asyncio.run(main_async(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
