@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: TID251, RUF005, B905, E501  -- a verbatim copy of the shared tools/make_model.py
 """Synthesize an MLX-format model directory with random weights.
 
 The directory looks like what `mlx_lm.convert -q` (and the mlx-community
