@@ -8,7 +8,6 @@ import json
 import aiohttp
 import ollama
 import pytest
-from conftest import remote_config
 
 from higgs.messages import ImageBlock, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
 from higgs.remote.fake import FakeUpstream
@@ -158,7 +157,7 @@ async def test_client_raises_response_error(gateway):
 
 
 @pytest.mark.parametrize("fmt", ["openai", "anthropic"])
-async def test_translated_upstreams(gateway, fmt):
+async def test_translated_upstreams(remote_config, gateway, fmt):
     async with FakeUpstream() as fake, gateway(remote_config(fake.url, fmt)) as url:
         client = ollama.AsyncClient(host=url)
         full = await client.chat(model="gpt-fake", messages=[{"role": "user", "content": "hi"}],
@@ -173,7 +172,7 @@ async def test_translated_upstreams(gateway, fmt):
     assert sent["model"] == "gpt-fake" and sent["max_tokens"] == 30
 
 
-async def test_native_upstream_passthrough_and_translation(gateway, ollama_upstream):
+async def test_native_upstream_passthrough_and_translation(remote_config, gateway, ollama_upstream):
     async with gateway(remote_config(ollama_upstream.url, "ollama")) as url:
         client = ollama.AsyncClient(host=url)
         body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False,

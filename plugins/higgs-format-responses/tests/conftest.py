@@ -284,6 +284,12 @@ def gateway(local: ScriptedProvider) -> Gateway:
     return run
 
 
-def remote_config(fake: ToolUpstream, fmt: str) -> dict[str, Any]:
+@pytest.fixture
+def remote_config() -> Callable[..., dict[str, Any]]:
+    """The ``remote_config(upstream, fmt)`` helper."""
+    return _remote_config
+
+
+def _remote_config(fake: ToolUpstream, fmt: str) -> dict[str, Any]:
     """Route every non-local model to ``fake`` speaking ``fmt``."""
     return {"provider": {"up": {"kind": "remote", "url": fake.url, "format": fmt}}, "default": {"provider": "up"}}

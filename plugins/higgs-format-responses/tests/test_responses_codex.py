@@ -8,7 +8,6 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from conftest import remote_config
 
 from higgs.testing import parse_sse
 
@@ -34,7 +33,7 @@ def tool_names(body: dict, fmt: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fmt", ["openai", "anthropic"])
-async def test_codex_request_reaches_upstream_flat(gateway, upstream, fmt):
+async def test_codex_request_reaches_upstream_flat(remote_config, gateway, upstream, fmt):
     upstream.call_tool = True
     upstream.arguments = {"command": ["cat", "README.md"]}
     async with gateway(remote_config(upstream, fmt)) as url:
@@ -68,7 +67,7 @@ async def test_codex_request_reaches_upstream_flat(gateway, upstream, fmt):
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
-async def test_custom_tool_call_comes_back_as_custom(gateway, upstream):
+async def test_custom_tool_call_comes_back_as_custom(remote_config, gateway, upstream):
     upstream.call_tool = True
     upstream.tool = "functions__apply_patch"
     patch = "*** Begin Patch\n*** Add File: hello.txt\n+hi\n*** End Patch\n"
@@ -90,7 +89,7 @@ async def test_custom_tool_call_comes_back_as_custom(gateway, upstream):
     assert tool["input_schema"]["required"] == ["input"]
 
 
-async def test_sdk_sees_namespace_on_function_call(gateway, upstream):
+async def test_sdk_sees_namespace_on_function_call(remote_config, gateway, upstream):
     upstream.call_tool = True
     upstream.tool = "mcp__github__search_issues"
     upstream.arguments = {"query": "is:open label:bug"}
@@ -104,7 +103,7 @@ async def test_sdk_sees_namespace_on_function_call(gateway, upstream):
     assert json.loads(call.arguments) == {"query": "is:open label:bug"}
 
 
-async def test_text_answer_through_translation_stream(gateway, upstream):
+async def test_text_answer_through_translation_stream(remote_config, gateway, upstream):
     upstream.text = "Done: fixed the typo"
     async with gateway(remote_config(upstream, "openai")) as url:
         api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
@@ -114,7 +113,7 @@ async def test_text_answer_through_translation_stream(gateway, upstream):
     assert events[-1].response.usage.input_tokens == 9 and events[-1].response.usage.output_tokens == 4
 
 
-async def test_upstream_error_is_rendered_as_responses_error(gateway, upstream):
+async def test_upstream_error_is_rendered_as_responses_error(remote_config, gateway, upstream):
     async with gateway(remote_config(upstream, "openai")) as url, aiohttp.ClientSession() as http:
         # A tool list the upstream cannot satisfy: the upstream fake fails on the missing key.
         upstream.call_tool = True

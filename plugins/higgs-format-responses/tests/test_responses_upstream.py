@@ -8,7 +8,6 @@ from pathlib import Path
 import aiohttp
 import anthropic
 import openai
-from conftest import remote_config
 from higgs_format_responses.format import ResponsesFormat
 
 from higgs.messages import (
@@ -118,7 +117,7 @@ def test_build_upstream_request_is_stateless_and_complete():
     assert "vendor" not in body and "stop" not in body  # another format's extras never leak
 
 
-async def test_openai_sdk_to_responses_upstream(gateway, upstream):
+async def test_openai_sdk_to_responses_upstream(remote_config, gateway, upstream):
     upstream.text = "Bonjour tout le monde"
     async with gateway(remote_config(upstream, "responses")) as url:
         api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="client-key", max_retries=0)
@@ -143,7 +142,7 @@ async def test_openai_sdk_to_responses_upstream(gateway, upstream):
     assert called.choices[0].finish_reason == "tool_calls"
 
 
-async def test_anthropic_sdk_to_responses_upstream_stream_tool(gateway, upstream):
+async def test_anthropic_sdk_to_responses_upstream_stream_tool(remote_config, gateway, upstream):
     upstream.call_tool = True
     upstream.arguments = {"path": "/tmp"}
     async with gateway(remote_config(upstream, "responses")) as url:
@@ -157,7 +156,7 @@ async def test_anthropic_sdk_to_responses_upstream_stream_tool(gateway, upstream
     assert upstream.bodies[-1]["tools"][0]["name"] == "list_dir" and upstream.bodies[-1]["stream"] is True
 
 
-async def test_responses_client_to_responses_upstream_is_passthrough(gateway, upstream):
+async def test_responses_client_to_responses_upstream_is_passthrough(remote_config, gateway, upstream):
     async with gateway(remote_config(upstream, "responses")) as url, aiohttp.ClientSession() as http:
         body = {"model": "gpt-up", "input": "hi", "previous_response_id": "resp_owned_by_upstream",
                 "client_metadata": {"a": "b"}}
