@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("mlx_lm")
 
-from higgs_mlx.testing import Reference, build_tiny_model, reference_generate
+from higgs_mlx.testing import CHATML_TEMPLATE, Reference, build_tiny_model, reference_generate
 
 from higgs.testing import build_app, serve_in_thread
 
@@ -40,6 +40,10 @@ MODEL_TYPES = list(PLUGINS)
 SYSTEM = "You are terse."
 QUESTION = "Say something about the sea."
 MAX_TOKENS = 12
+#: A template that opens the reasoning block in the prompt, as DeepSeek-R1 distills' and QwQ's do.
+OPENS_THINKING = CHATML_TEMPLATE.replace(
+    "{{- '<|im_start|>assistant\\n' }}", "{{- '<|im_start|>assistant\\n<think>\\n' }}"
+)
 
 
 def arch_plugins() -> list[tuple[str, Any]]:
@@ -57,11 +61,16 @@ def spec_of(model_type: str) -> Any:
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``<type>``: tokenizer with a ChatML template; ``<type>-bare``: no template (the fallback renders)."""
+    """``<type>``: tokenizer with a ChatML template; ``<type>-bare``: no template (the fallback renders);
+    ``<type>-think``: a template that opens a reasoning block (families with reasoning tags)."""
     root = tmp_path_factory.mktemp("arch-models")
     dirs: dict[str, Path] = {}
     for seed, model_type in enumerate(MODEL_TYPES):
         dirs[model_type] = build_tiny_model(model_type, root / model_type, seed=seed)
+        if spec_of(model_type).reasoning_tags:
+            dirs[f"{model_type}-think"] = build_tiny_model(
+                model_type, root / f"{model_type}-think", seed=seed + 200, chat_template=OPENS_THINKING
+            )
         dirs[f"{model_type}-bare"] = build_tiny_model(
             model_type, root / f"{model_type}-bare", seed=seed + 100, chat_template=None
         )
@@ -91,7 +100,7 @@ def claude(server: str) -> anthropic.Anthropic:
 
 def expected(model_dirs: dict[str, Path], name: str, **template_kwargs: Any) -> Reference:
     """mlx-lm's greedy answer; a ``-bare`` model renders the family's fallback template, as higgs must."""
-    model_type = name.removesuffix("-bare")
+    model_type = name.removesuffix("-bare").removesuffix("-think")
     template = spec_of(model_type).chat_template if name.endswith("-bare") else None
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     reference = reference_generate(
@@ -259,3 +268,29 @@ def test_every_declared_tool_parser_is_one_the_engine_knows():
 
     declared = {t: spec_of(t).tool_parser for t in MODEL_TYPES}
     assert {t: p for t, p in declared.items() if p is not None and p not in SYNTAXES} == {}
+
+
+@pytest.mark.parametrize("model_type", [t for t in MODEL_TYPES if spec_of(t).reasoning_tags])
+def test_output_after_an_opened_reasoning_block_is_reasoning(model_dirs, oai, claude, model_type):
+    name = f"{model_type}-think"
+    reference = expected(model_dirs, name)
+    assert OPENS_THINKING != CHATML_TEMPLATE
+    response = oai.chat.completions.create(
+        model=name,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
+    )
+    message = response.choices[0].message
+    assert (message.model_extra or {}).get("reasoning_content") == reference.text
+    assert not message.content
+    with claude.messages.stream(
+        model=name,
+        system=SYSTEM,
+        max_tokens=MAX_TOKENS,
+        extra_body={"temperature": 0},
+        messages=[{"role": "user", "content": QUESTION}],
+    ) as events:
+        final = events.get_final_message()
+    assert [block.type for block in final.content] == ["thinking"]
+    assert final.content[0].thinking == reference.text
