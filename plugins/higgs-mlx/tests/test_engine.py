@@ -259,3 +259,48 @@ async def test_unknown_model_and_bad_sampling(provider):
 def test_engine_state_shape():
     engine = Engine()
     assert set(engine.state()) >= {"active_requests", "queue_depth", "kv_cache_bytes"}
+
+
+async def test_generation_error_mid_stream_is_a_stream_error(provider, monkeypatch):
+    """A failure on the engine thread after some tokens ends the stream with StreamError, nothing after it."""
+    import mlx.core as mx
+    from higgs.messages import StreamError
+
+    calls = {"n": 0}
+
+    def failing_sampler(logprobs):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise RuntimeError("boom on the engine thread")
+        return mx.argmax(logprobs, axis=-1)
+
+    original = provider._job_kwargs
+
+    def patched(sampling, lm):
+        return {**original(sampling, lm), "sampler": failing_sampler}
+
+    monkeypatch.setattr(provider, "_job_kwargs", patched)
+    events = await collect(provider.chat_stream(chat(max_tokens=30), call_context()))
+    assert isinstance(events[-1], StreamError)
+    assert "boom on the engine thread" in events[-1].error.message
+    assert any(isinstance(e, BlockDelta) for e in events)
+    assert not any(isinstance(e, StreamFinish) for e in events)
+    with pytest.raises(ApiError, match="boom"):
+        calls["n"] = 0
+        await provider.chat(chat(max_tokens=30), call_context())
+    # The engine keeps serving other requests.
+    monkeypatch.setattr(provider, "_job_kwargs", original)
+    assert (await provider.chat(chat(max_tokens=5), call_context())).usage.output_tokens >= 1
+
+
+async def test_state_reports_active_requests_and_kv_bytes(provider):
+    stream = provider.chat_stream(chat(max_tokens=500, sampling=Sampling(temperature=1.0, seed=3)), call_context())
+    seen = 0
+    async for event in stream:
+        seen += isinstance(event, BlockDelta)
+        if seen == 2:
+            state = provider.state()
+            break
+    await stream.aclose()
+    assert state["active_requests"] == 1 and state["kv_cache_bytes"] > 0
+    assert state["models"] == ["tiny", "raw", "plain"]

@@ -156,3 +156,21 @@ def test_models_import_and_list_commands(tiny_llama, higgs_cache, tmp_path, caps
     rows = json.loads(capsys.readouterr().out)
     row = next(r for r in rows if r["name"] == "tiny-llama-q8_0")
     assert row["where"] == "higgs" and row["model_type"] == "llama" and row["source"] == str(src)
+
+
+def test_cpu_backend_casts_float_parameters_to_float32(tmp_path):
+    """A bf16 4-bit checkpoint (mlx-community style) runs with float32 scales, biases and norms on the CPU."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from higgs_mlx.loader import on_cpu
+    from higgs_mlx.testing import build_tiny_model
+
+    if not on_cpu():
+        pytest.skip("only the CPU backend casts")
+    path = build_tiny_model("llama", tmp_path / "bf16", dtype="bfloat16", quantize_bits=4)
+    lm = load_model_dir(path, ARCHES, name="bf16")
+    params = dict(tree_flatten(lm.model.parameters()))
+    floats = {k: v.dtype for k, v in params.items() if mx.issubdtype(v.dtype, mx.floating)}
+    assert floats and set(floats.values()) == {mx.float32}
+    assert params["model.layers.0.self_attn.q_proj.weight"].dtype == mx.uint32  # still quantized
