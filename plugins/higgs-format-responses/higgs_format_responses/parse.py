@@ -294,12 +294,15 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
                                       "temperature", "top_p", "metadata", "user", "truncation")
                  if k in body},
     }
+    tool_choice = parse_tool_choice(body.get("tool_choice"), tool_map, body.get("parallel_tool_calls"))
+    if not tools:
+        tool_choice = None  # e.g. only hosted tools were offered: upstreams refuse a choice without tools
     return ChatRequest(
         model=model,
         system=system,
         messages=messages,
         tools=tools,
-        tool_choice=parse_tool_choice(body.get("tool_choice"), tool_map, body.get("parallel_tool_calls")),
+        tool_choice=tool_choice,
         max_tokens=_int(body, "max_output_tokens", 1),
         sampling=Sampling(temperature=_number(body, "temperature"), top_p=_number(body, "top_p"),
                           top_logprobs=_int(body, "top_logprobs", 0)),

@@ -20,7 +20,9 @@ from higgs.messages import (
     ChatRequest,
     ChatResponse,
     ContentBlock,
+    ErrorInfo,
     ModelInfo,
+    StreamError,
     StreamEvent,
     StreamFinish,
     StreamStart,
@@ -49,6 +51,7 @@ class ScriptedProvider(Provider):
         self.models = models
         self.blocks: list[ContentBlock] = [TextBlock(text="Hello from the local model.")]
         self.stop_reason = "end_turn"
+        self.fail_midstream: ErrorInfo | None = None  # sent as a StreamError after the first delta
         self.requests: list[ChatRequest] = []
 
     async def list_models(self) -> list[ModelInfo]:
@@ -71,6 +74,9 @@ class ScriptedProvider(Provider):
                 for word in block.text.split(" "):
                     piece = word if block.text.startswith(word) else " " + word
                     yield BlockDelta(index=index, delta=TextDelta(text=piece))
+                    if self.fail_midstream is not None:
+                        yield StreamError(error=self.fail_midstream)
+                        return
             elif isinstance(block, ThinkingBlock):
                 yield BlockStart(index=index, block=ThinkingBlock(thinking=""))
                 yield BlockDelta(index=index, delta=ThinkingDelta(thinking=block.thinking))

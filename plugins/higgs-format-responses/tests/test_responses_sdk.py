@@ -6,7 +6,7 @@ import aiohttp
 import openai
 import pytest
 
-from higgs.messages import TextBlock, ThinkingBlock, ToolUseBlock
+from higgs.messages import ErrorInfo, TextBlock, ThinkingBlock, ToolUseBlock
 
 
 def client(url: str) -> openai.AsyncOpenAI:
@@ -203,3 +203,45 @@ async def test_malformed_json_and_unknown_model(gateway):
         async with http.post(url + "/v1/responses", json={"model": "nope", "input": "hi"}) as response:
             assert response.status == 404
             assert (await response.json())["error"]["code"] == "model_not_found"
+
+
+async def test_midstream_failure_ends_with_error_and_failed(gateway, local):
+    local.blocks = [TextBlock(text="partial answer here")]
+    local.fail_midstream = ErrorInfo(status=500, kind="api_error", message="engine crashed", code="engine_error")
+    async with gateway() as url:
+        stream = await client(url).responses.create(model="local-model", input="hi", stream=True)
+        events = [e async for e in stream]
+    kinds = [e.type for e in events]
+    assert kinds[-2:] == ["error", "response.failed"]
+    assert events[-2].message == "engine crashed" and events[-2].code == "engine_error"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.message == "engine crashed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+async def test_hosted_tools_are_dropped_with_their_choice(gateway, local):
+    async with gateway() as url:
+        await client(url).responses.create(model="local-model", input="news?", tool_choice="auto",
+                                           tools=[{"type": "web_search"}])
+    seen = local.requests[-1]
+    assert seen.tools == [] and seen.tool_choice is None
+
+
+async def test_documented_input_shapes(gateway, local):
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg=="
+    async with gateway() as url:
+        await client(url).responses.create(model="local-model", input=[
+            {"role": "system", "content": "Top rule."},
+            {"role": "user", "content": [{"type": "input_text", "text": "what is in this image?"},
+                                         {"type": "input_image", "image_url": png, "detail": "low"},
+                                         {"type": "input_image", "image_url": "https://example.com/cat.jpg"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A cat."}]},
+            {"type": "message", "role": "developer", "content": "Answer in French."},
+            {"role": "user", "content": "Encore?"},
+        ])
+    seen = local.requests[-1]
+    assert seen.system_text() == "Top rule.\n\nAnswer in French."
+    user = seen.messages[0].content
+    assert user[1].media_type == "image/png" and user[1].data == "iVBORw0KGgoAAAANSUhEUg==" and user[1].detail == "low"
+    assert user[2].url == "https://example.com/cat.jpg"
+    assert [(m.role, m.text()) for m in seen.messages[1:]] == [("assistant", "A cat."), ("user", "Encore?")]
