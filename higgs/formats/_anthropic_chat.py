@@ -25,6 +25,7 @@ from higgs.messages import (
     ImageBlock,
     Message,
     Reasoning,
+    ResponseFormat,
     Sampling,
     StopReason,
     TextBlock,
@@ -55,6 +56,7 @@ STOP_REASONS: frozenset[str] = frozenset(
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
 # Claude models that accept extended thinking (a translated request never sends it to others).
 _THINKING_MODEL = re.compile(r"claude-(?:3-7|opus-4|sonnet-4|haiku-4|\w+-4)", re.I)
+_STRUCTURED_MODEL = re.compile(r"claude-(?:opus-4-1|(?:opus|sonnet|haiku)-4-[5-9]|(?:opus|sonnet|haiku)-[5-9])", re.I)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,11 +98,12 @@ def parse_request(body: Mapping[str, Any], *, count_only: bool = False) -> ChatR
         stop=_parse_stops(body.get("stop_sequences")),
         sampling=Sampling(temperature=opt_number(body, "temperature"), top_p=opt_number(body, "top_p"),
                           top_k=opt_int(body, "top_k")),
-        reasoning=_parse_thinking(body.get("thinking")),
+        reasoning=_parse_reasoning(body.get("thinking"), body.get("output_config")),
+        response_format=_parse_output_format(body.get("output_config")),
         stream=opt_bool(body, "stream"),
         user=user if isinstance(user, str) else None,
         metadata=metadata,
-        extra={k: v for k, v in body.items() if k not in KNOWN_FIELDS},
+        extra={k: v for k, v in body.items() if k not in KNOWN_FIELDS or (k == "thinking" and _unusual(v))},
         source_format=NAME,
     )
 
@@ -218,21 +221,48 @@ def _parse_stops(value: Any) -> list[str]:
     return stops
 
 
-def _parse_thinking(value: Any) -> Reasoning | None:
+def _parse_reasoning(value: Any, output_config: Any) -> Reasoning | None:
+    """``thinking`` plus ``output_config.effort``. The raw ``thinking`` also stays in ``extra`` for pass-through."""
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    effort = {"xhigh": "high", "max": "high"}.get(effort, effort) if isinstance(effort, str) else None
     if value is None:
-        return None
+        return Reasoning(effort=effort) if effort in ("low", "medium", "high") else None
     thinking = expect_dict(value, "thinking")
     kind = thinking.get("type")
+    if not isinstance(kind, str):
+        raise InvalidRequestError("thinking.type: Field required", param="thinking.type")
     if kind == "disabled":
         return Reasoning(enabled=False)
-    if kind in ("enabled", "adaptive"):
-        return Reasoning(enabled=True, budget_tokens=opt_int(thinking, "budget_tokens", prefix="thinking."))
-    raise InvalidRequestError(f"thinking.type: invalid value {kind!r}", param="thinking.type")
+    if kind == "enabled" and not isinstance(thinking.get("budget_tokens"), int):
+        raise InvalidRequestError("thinking.budget_tokens: Field required", param="thinking.budget_tokens")
+    # enabled, adaptive, between_tools and later modes all mean "think"
+    return Reasoning(enabled=True, budget_tokens=opt_int(thinking, "budget_tokens", prefix="thinking."),
+                     effort=effort if effort in ("low", "medium", "high") else None)
+
+
+def _unusual(thinking: Any) -> bool:
+    """A thinking config the canonical ``Reasoning`` cannot restate (adaptive, display options, ...)."""
+    if not isinstance(thinking, dict):
+        return False
+    plain = thinking.get("type") == "disabled" and set(thinking) == {"type"}
+    return not plain and not (thinking.get("type") == "enabled" and set(thinking) == {"type", "budget_tokens"})
+
+
+def _parse_output_format(output_config: Any) -> ResponseFormat | None:
+    fmt = output_config.get("format") if isinstance(output_config, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return ResponseFormat(type="json_schema", json_schema=fmt["schema"])
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
 # Canonical -> upstream request body
 # --------------------------------------------------------------------------------------------------
+
+
+def supports_structured_output(model: str) -> bool:
+    """Claude models with ``output_config.format`` (4.5 and later, Opus 4.1)."""
+    return bool(_STRUCTURED_MODEL.search(model))
 
 
 def supports_thinking(model: str) -> bool:
@@ -278,8 +308,11 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None, *, c
             body["metadata"] = metadata
         if request.stream:
             body["stream"] = True
-    if request.response_format is not None and request.response_format.type != "text":
-        dropped("response_format", NAME, "Anthropic has no JSON mode; the prompt must ask for JSON")
+    fmt = request.response_format
+    if not same and fmt is not None and fmt.type == "json_schema" and supports_structured_output(request.model):
+        body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema or {}}}
+    elif not same and fmt is not None and fmt.type != "text":
+        dropped("response_format", NAME, f"{request.model} has no structured output; the prompt must ask for JSON")
     if same:
         allowed = COUNT_FIELDS if count_only else None
         body.update({k: v for k, v in request.extra.items() if k not in body and (allowed is None or k in allowed)})
@@ -361,19 +394,25 @@ def _build_tool(tool: Tool, same: bool) -> dict[str, Any]:
 
 def _build_thinking(request: ChatRequest, max_tokens: int | None, same: bool) -> dict[str, Any] | None:
     reasoning = request.reasoning
-    if reasoning is None:
+    if same:
+        if isinstance(request.extra.get("thinking"), dict):
+            return dict(request.extra["thinking"])  # the client's own config, verbatim
+        if reasoning is None or reasoning.enabled is None:
+            return None
+        if reasoning.enabled is False:
+            return {"type": "disabled"}
+        return {"type": "enabled", "budget_tokens": reasoning.budget_tokens or EFFORT_BUDGET["medium"]}
+    if reasoning is None or reasoning.enabled is False:
         return None
-    if reasoning.enabled is False:
-        return {"type": "disabled"} if same else None
     if not (reasoning.enabled or reasoning.effort):
         return None
-    if not same and not supports_thinking(request.model):
+    if not supports_thinking(request.model):
         dropped("reasoning", NAME, f"{request.model} has no extended thinking")
         return None
     budget = reasoning.budget_tokens or EFFORT_BUDGET.get(reasoning.effort or "medium", 8192)
-    if max_tokens is not None and not same:
+    if max_tokens is not None:
         budget = min(budget, max_tokens - 1)  # Anthropic wants budget_tokens < max_tokens
-    if budget < MIN_THINKING_BUDGET and not same:
+    if budget < MIN_THINKING_BUDGET:
         dropped("reasoning", NAME, f"max_tokens leaves no room for the {MIN_THINKING_BUDGET}-token minimum budget")
         return None
     return {"type": "enabled", "budget_tokens": budget}

@@ -120,7 +120,8 @@ def test_images_base64_and_url_and_tool_result_with_image():
     ({"model": "m", "max_tokens": 5}, "messages"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "bot", "content": "x"}]}, "messages.0.role"),
     ({"model": "m", "max_tokens": 5, "messages": [], "tool_choice": {"type": "tool"}}, "tool_choice.name"),
-    ({"model": "m", "max_tokens": 5, "messages": [], "thinking": {"type": "sometimes"}}, "thinking.type"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "thinking": {}}, "thinking.type"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "no type"}]}]},
      "messages.0.content.0.type"),
 ])
@@ -291,3 +292,15 @@ def test_render_response_sanitizes_tool_ids_and_drops_empty_text():
                         stop_reason="tool_use")
     out = fmt.render_chat(resp, parse(msg({"role": "user", "content": "x"})))
     assert len(out["content"]) == 1 and out["content"][0]["id"].startswith("call_7_")
+
+
+def test_newer_thinking_modes_and_output_config():
+    body = msg({"role": "user", "content": "x"}, thinking={"type": "adaptive", "display": "omitted"},
+               output_config={"effort": "max", "format": {"type": "json_schema", "schema": {"type": "object"}}})
+    req = parse(body)
+    assert req.reasoning.enabled and req.reasoning.effort == "high"
+    assert req.response_format.type == "json_schema" and req.response_format.json_schema == {"type": "object"}
+    built = fmt.build_upstream_chat(req).body
+    assert built["thinking"] == body["thinking"] and built["output_config"] == body["output_config"]
+    between = parse(msg({"role": "user", "content": "x"}, thinking={"type": "between_tools"}))
+    assert between.reasoning.enabled and fmt.build_upstream_chat(between).body["thinking"] == {"type": "between_tools"}

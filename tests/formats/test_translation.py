@@ -267,3 +267,16 @@ def test_overloaded_renders_503_for_openai_clients():
     assert an.render_error(info) == (401, {"type": "error", "error": {"type": "authentication_error",
                                                                       "message": "bad key"}})
     assert an.render_error(ErrorInfo(status=502, kind="upstream_unreachable", message="down"))[0] == 502
+
+
+def test_json_schema_response_format_toward_anthropic():
+    fmt = {"type": "json_schema", "json_schema": {"name": "P", "schema": {"type": "object"}}}
+    body = an.build_upstream_chat(openai_req({"role": "user", "content": "x"}, response_format=fmt)).body
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    old = openai_req({"role": "user", "content": "x"}, response_format=fmt).model_copy(
+        update={"model": "claude-3-5-haiku"})
+    assert "output_config" not in an.build_upstream_chat(old).body
+    back = oa.build_upstream_chat(an.parse_chat({"model": "gpt-4o", "max_tokens": 5, "messages": [], "output_config": {
+        "format": {"type": "json_schema", "schema": {"type": "object"}}}}, {})).body
+    assert back["response_format"] == {"type": "json_schema", "json_schema": {"name": "response",
+                                                                               "schema": {"type": "object"}}}
