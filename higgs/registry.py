@@ -106,13 +106,14 @@ class Registry:
             info.provides.setdefault(kind, []).extend(names)
 
     def _table(self, kind: str) -> dict[str, Any]:
-        return {
+        tables: dict[str, dict[str, Any]] = {
             "providers": self.providers,
             "formats": self.formats,
             "strategies": self.routers,
             "architectures": self.architectures,
             "commands": self.commands,
-        }[kind]
+        }
+        return tables[kind]
 
     def _describe(self, plugin: str) -> str:
         return _describe_info(self.plugins.infos[plugin])

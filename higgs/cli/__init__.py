@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cyclopts import App
 
@@ -54,7 +55,7 @@ def _module_exists(target: str) -> bool:
         return False
 
 
-def _register(name: str, target: object, help_text: str = "") -> None:
+def _register(name: str, target: Any, help_text: str = "") -> None:
     parent, _, leaf = name.rpartition(" ")
     owner = app
     if parent:

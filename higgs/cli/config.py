@@ -98,7 +98,7 @@ def coerce(parts: list[str | int], raw: str) -> Any:
     if _field_is_str(parts):
         return raw
     try:
-        return tomlkit.parse(f"v = {raw}")["v"].unwrap()  # type: ignore[union-attr]
+        return tomlkit.parse(f"v = {raw}")["v"].unwrap()
     except Exception:
         return raw
 

@@ -131,7 +131,7 @@ def build_registry(plugins: Iterable[object | tuple[str, object]] = (), *, built
     """A registry from explicit plugins (plus the built-ins), honouring ``settings.plugins`` selection."""
     chosen: list[object | tuple[str, object]] = []
     if builtins:
-        chosen += builtin_plugins(*(() if builtins is True else tuple(builtins)))  # type: ignore[arg-type]
+        chosen += builtin_plugins(*(() if builtins is True else tuple(builtins)))
     chosen += list(plugins)
     selection = settings.plugins if settings is not None else None
     loaded: LoadedPlugins = load_plugins(

@@ -10,7 +10,7 @@ import openai
 from higgs import hookimpl
 from higgs.cli import app as cli_app
 from higgs.cli import main
-from higgs.interfaces import FormatRoute, Provider, RouteDecision, Router, RouteQuery, WireFormat
+from higgs.interfaces import FormatRoute, Provider, RouteDecision, RouteQuery, Router, WireFormat
 from higgs.messages import ChatRequest, ErrorInfo, Message, ModelInfo, TextBlock
 from higgs.specs import ArchitectureSpec, CommandSpec, FormatSpec, ProviderSpec, RouterSpec
 from higgs.testing import FakeProvider, app_client, build_app, serve_app
