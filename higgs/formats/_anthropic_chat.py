@@ -513,7 +513,7 @@ def stop_reason(value: Any) -> StopReason | None:
     """A canonical stop reason from Anthropic's (unknown values count as ``end_turn``)."""
     if value is None:
         return None
-    return value if value in STOP_REASONS else "end_turn"  # type: ignore[no-any-return]
+    return value if value in STOP_REASONS else "end_turn"
 
 
 def parse_response(body: Mapping[str, Any]) -> ChatResponse:

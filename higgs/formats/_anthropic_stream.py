@@ -91,7 +91,7 @@ async def render_stream(
 
     def message_start(event: StreamStart | None) -> bytes:
         usage = usage_json(event.usage if event else Usage())
-        message = {"id": event.id if event else new_id("msg"), "type": "message", "role": "assistant",
+        message: dict[str, Any] = {"id": event.id if event else new_id("msg"), "type": "message", "role": "assistant",
                    "model": (event.model if event else "") or model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": usage}
         return _event("message_start", {"message": message})

@@ -88,7 +88,7 @@ def parse_request(body: Mapping[str, Any]) -> ChatRequest:
         if effort == "none":
             reasoning = Reasoning(enabled=False)
         elif effort in EFFORTS:
-            reasoning = Reasoning(effort=EFFORTS[effort])  # type: ignore[arg-type]
+            reasoning = Reasoning(effort=EFFORTS[effort])
         else:
             raise InvalidRequestError(f"Invalid 'reasoning_effort': {effort!r}.", param="reasoning_effort")
     n = opt_int(body, "n", minimum=1) or 1
