@@ -24,7 +24,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 if TYPE_CHECKING:
     from higgs.specs import ArchitectureSpec
@@ -240,7 +240,6 @@ def build_tiny_model(
         **config_overrides: replace or add ``config.json`` keys (``num_hidden_layers=1``, ...).
     """
     import mlx.core as mx
-    import mlx.nn as nn
     from mlx.utils import tree_map
     from mlx_lm.utils import _get_classes, quantize_model, save_config, save_model
 
@@ -253,7 +252,7 @@ def build_tiny_model(
 
     mx.random.seed(seed)
     model_class, args_class = _get_classes(config=config)
-    model: nn.Module = model_class(args_class.from_dict(config))
+    model: Any = model_class(args_class.from_dict(config))
     target = getattr(mx, dtype)
     model.update(tree_map(lambda v: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v, model.parameters()))
     _rescale(model, embedding_std, weight_gain)
@@ -304,7 +303,8 @@ def reference_generate(
     """
     from mlx_lm import load, stream_generate
 
-    model, tokenizer = load(str(path))
+    loaded = load(str(path))
+    model, tokenizer = loaded[0], cast(Any, loaded[1])
     if messages is not None:
         ids = tokenizer.apply_chat_template(
             list(messages), add_generation_prompt=True, chat_template=chat_template, **template_kwargs
