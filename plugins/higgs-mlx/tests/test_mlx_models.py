@@ -8,8 +8,8 @@ import shutil
 import anthropic
 import openai
 import pytest
-from conftest import ARCHES, make_provider, mlx_app
 from higgs.testing import serve_in_thread
+from mlx_support import ARCHES, make_provider, mlx_app
 
 from higgs_mlx.cli import import_command, list_command
 from higgs_mlx.loader import ModelLoadError, load_model_dir, resolve_model_path
@@ -139,7 +139,7 @@ def test_embedded_default_model_answers_paris(higgs_cache):
 
 def test_models_import_and_list_commands(tiny_llama, higgs_cache, tmp_path, capsys):
     import gguf
-    from test_gguf import write_gguf
+    from mlx_support import write_gguf
 
     src = tmp_path / "Tiny-Llama.Q8_0.gguf"
     write_gguf(tiny_llama, src, lambda name: gguf.GGMLQuantizationType.Q8_0)

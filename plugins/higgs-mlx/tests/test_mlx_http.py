@@ -5,8 +5,8 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
-from conftest import mlx_app, mlx_lm_greedy
 from higgs.testing import serve_in_thread
+from mlx_support import mlx_app, mlx_lm_greedy
 
 from higgs_mlx import prompt as prompts
 
@@ -24,8 +24,8 @@ def server(tiny_llama, tiny_llama_no_template):
 @pytest.fixture(scope="module")
 def reference(tiny_llama):
     """mlx-lm's greedy text for QUESTION rendered with the tiny model's template, and the token counts."""
-    from conftest import ARCHES
     from higgs.messages import ChatRequest, Message, TextBlock
+    from mlx_support import ARCHES
 
     from higgs_mlx.loader import load_model_dir
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import call_context, mlx_lm_greedy
 from higgs.errors import ApiError, InvalidRequestError
 from higgs.messages import (
     BlockDelta,
@@ -20,6 +19,7 @@ from higgs.messages import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from mlx_support import call_context, mlx_lm_greedy
 
 from higgs_mlx import prompt as prompts
 from higgs_mlx.engine import Chunk, Done, Engine, Job

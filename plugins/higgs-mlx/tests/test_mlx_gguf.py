@@ -8,89 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ARCHES
+from mlx_support import ARCHES, write_gguf
 
 from higgs_mlx.gguf_import import GGUFImportError, import_gguf, mlx_name
 
 GGML = pytest.importorskip("gguf").GGMLQuantizationType
-
-_INVERSE = {
-    "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-
-
-def gguf_name(name: str) -> str:
-    module, _, suffix = name.rpartition(".")
-    if module in _INVERSE:
-        return f"{_INVERSE[module]}.{suffix}"
-    _, _, layer, rest = module.split(".", 3)
-    return f"blk.{layer}.{_INVERSE[rest]}.{suffix}"
-
-
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's convert_hf_to_gguf permutation of Q/K rows."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_gguf(model_dir: Path, out: Path, qtype_for) -> dict[str, tuple[object, np.ndarray]]:
-    """Write ``model_dir`` (a float32 tiny llama) as a llama.cpp-style GGUF; return name -> (type, stored data)."""
-    import gguf
-    import mlx.core as mx
-
-    config = json.loads((model_dir / "config.json").read_text())
-    tok = json.loads((model_dir / "tokenizer.json").read_text())
-    tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_name("tiny test llama")
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
-    writer.add_head_count_kv(config["num_key_value_heads"])
-    writer.add_key_length(config["head_dim"])
-    writer.add_value_length(config["head_dim"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_rope_freq_base(config["rope_theta"])
-    writer.add_vocab_size(config["vocab_size"])
-    vocab = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok["added_tokens"]}}
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    specials = {t["content"] for t in tok["added_tokens"]}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in specials else 1 for t in tokens])
-    writer.add_token_merges([" ".join(m) for m in tok["model"]["merges"]])
-    writer.add_eos_token_id(config["eos_token_id"])
-    writer.add_chat_template(tok_cfg["chat_template"])
-
-    stored = {}
-    weights = {k: np.array(v) for k, v in mx.load(str(model_dir / "model.safetensors")).items()}
-    for name, value in weights.items():
-        if name.endswith("self_attn.q_proj.weight"):
-            value = llama_cpp_permute(value, config["num_attention_heads"])
-        elif name.endswith("self_attn.k_proj.weight"):
-            value = llama_cpp_permute(value, config["num_key_value_heads"])
-        qtype = qtype_for(name) if value.ndim == 2 else GGML.F32
-        if qtype == GGML.F32:
-            data = value.astype(np.float32)
-            writer.add_tensor(gguf_name(name), data)
-        elif qtype == GGML.F16:
-            data = value.astype(np.float16)
-            writer.add_tensor(gguf_name(name), data)
-        else:
-            data = gguf.quants.quantize(value.astype(np.float32), qtype)
-            writer.add_tensor(gguf_name(name), data, raw_shape=data.shape, raw_dtype=qtype)
-        stored[name] = (qtype, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return stored
-
 
 def greedy(model_dir: Path, prompt: list[int], n: int = 16) -> list[int]:
     import mlx.core as mx
