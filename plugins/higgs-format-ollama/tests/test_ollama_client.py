@@ -6,6 +6,7 @@ import base64
 import json
 
 import aiohttp
+import higgs_format_ollama
 import ollama
 import pytest
 
@@ -190,3 +191,25 @@ async def test_native_upstream_passthrough_and_translation(remote_config, gatewa
     assert "".join(p.message.content for p in streamed) == "Hi from Ollama upstream"
     assert embedded.embeddings == [[0.1, 0.2, 0.3]] * 2
     assert caught.value.status_code == 404 and "missing" in caught.value.error
+
+
+async def test_ollama_provider_plugin_with_native_format(ollama_upstream):
+    """The real ``ollama`` provider kind, configured with ``format = "ollama"``, reached from an OpenAI client."""
+    higgs_ollama = pytest.importorskip("higgs_ollama")
+    import openai
+
+    from higgs.testing import build_app, serve_app
+
+    config = {"provider": {"ollama": {"kind": "ollama", "url": ollama_upstream.url, "format": "ollama"}},
+              "default": {"provider": "ollama"}}
+    app = build_app(config, plugins=[("ollama", higgs_ollama), ("ollama-format", higgs_format_ollama)])
+    async with serve_app(app) as url:
+        api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        reply = await api.chat.completions.create(model="llama3.2", max_tokens=5,
+                                                  messages=[{"role": "user", "content": "hi"}])
+        stream = await api.chat.completions.create(model="llama3.2", stream=True,
+                                                   messages=[{"role": "user", "content": "hi"}])
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert reply.choices[0].message.content == "Hi from Ollama upstream" == text
+    sent = ollama_upstream.bodies[0]
+    assert sent["options"] == {"num_predict": 5} and sent["stream"] is False

@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import anthropic
 import openai
+import pytest
 from higgs_format_responses.format import ResponsesFormat
 
 from higgs.messages import (
@@ -167,3 +168,20 @@ async def test_responses_client_to_responses_upstream_is_passthrough(remote_conf
     # The upstream owns that id: higgs forwards it instead of refusing it, and forwards the body untouched.
     assert upstream.bodies[-1] == body
     assert answer["id"] == "resp_up1"
+
+
+async def test_openai_provider_plugin_with_responses_format(upstream):
+    """The real ``openai`` provider kind, configured with ``format = "responses"``."""
+    higgs_openai = pytest.importorskip("higgs_openai")
+    import higgs_format_responses
+
+    from higgs.testing import build_app, serve_app
+
+    config = {"provider": {"oai": {"kind": "openai", "url": upstream.url + "/v1", "format": "responses",
+                                   "api_key": "sk-upstream"}}, "default": {"provider": "oai"}}
+    app = build_app(config, plugins=[("openai", higgs_openai), ("responses-format", higgs_format_responses)])
+    async with serve_app(app) as url:
+        api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="client-key", max_retries=0)
+        reply = await api.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "Hi from upstream"
+    assert upstream.paths[-1] == "/v1/responses" and upstream.bodies[-1]["model"] == "gpt-5"
