@@ -40,3 +40,18 @@ def test_hook_has_a_test(hook):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hookspec_has_a_docstring(hook):
     assert (getattr(hookspecs, hook).__doc__ or "").strip()
+
+
+def test_readme_shows_the_starter_config_verbatim():
+    from higgs.cli.init import STARTER_CONFIG
+
+    readme = (ROOT / "README.md").read_text()
+    assert f"```toml\n{STARTER_CONFIG}```" in readme
+
+
+def test_readme_quickstart_commands_exist():
+    readme = (ROOT / "README.md").read_text()
+    dev = (ROOT / "dev").read_text()
+    assert "./dev serve" in readme and "./dev test" in readme
+    assert "serve) setup; exec .venv/bin/higgs serve" in dev and "test)  setup;" in dev
+    assert "./dev test" in (ROOT / ".ci" / "run").read_text()
