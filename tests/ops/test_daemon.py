@@ -21,9 +21,9 @@ import aiohttp
 import anthropic
 import openai
 import pytest
+from ops_support import BOOTSTRAP, FakeUpstreamProcess, clean_env, free_port, run_higgs
 
 from higgs.runtime import pid_alive
-from tests.ops.conftest import FakeUpstreamProcess, clean_env, free_port, run_higgs
 
 pytestmark = pytest.mark.slow
 
@@ -232,8 +232,6 @@ def test_exec_forwards_ctrl_c_to_the_command(fleet: Fleet):
               "signal.signal(signal.SIGINT, lambda *a: sys.exit(42))\n"
               "print('ready', flush=True)\n"
               "time.sleep(30)\n")
-    from tests.ops.conftest import BOOTSTRAP
-
     proc = subprocess.Popen([sys.executable, "-c", BOOTSTRAP, "exec", "--profile", "alpha", "--", sys.executable,
                              "-c", script], env=fleet.env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
