@@ -13,7 +13,7 @@ from typing import Any
 
 from higgs.errors import ApiError
 from higgs.formats._common import kind_for_status
-from higgs.formats._openai_chat import FINISH_TO_STOP, finish_reason, parse_usage, usage_json
+from higgs.formats._openai_response import FINISH_TO_STOP, finish_reason, parse_usage, usage_json
 from higgs.messages import (
     BlockDelta,
     BlockStart,

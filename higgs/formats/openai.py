@@ -16,6 +16,7 @@ from typing import Any
 
 from higgs.errors import ApiError, InvalidRequestError
 from higgs.formats import _openai_chat as chat
+from higgs.formats import _openai_response as answers
 from higgs.formats import _openai_stream as streams
 from higgs.formats._common import (
     KIND_STATUS,
@@ -186,7 +187,7 @@ class OpenAIFormat(WireFormat):
 
     def render_chat(self, response: ChatResponse, request: ChatRequest) -> dict[str, Any]:
         """A ``chat.completion`` object."""
-        rendered = chat.render_response(response)
+        rendered = answers.render_response(response)
         if not rendered["model"]:
             rendered["model"] = request.model
         return rendered
@@ -221,14 +222,14 @@ class OpenAIFormat(WireFormat):
 
     def render_completion(self, response: CompletionResponse, request: CompletionRequest) -> dict[str, Any]:
         """A ``text_completion`` object."""
-        usage = chat.usage_json(response.usage)
+        usage = answers.usage_json(response.usage)
         return {
             "id": response.id,
             "object": "text_completion",
             "created": response.created,
             "model": response.model or request.model,
             "choices": [{"text": c.text, "index": c.index, "logprobs": None,
-                         "finish_reason": chat.finish_reason(c.stop_reason)} for c in response.choices],
+                         "finish_reason": answers.finish_reason(c.stop_reason)} for c in response.choices],
             "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
         }
 
@@ -253,9 +254,9 @@ class OpenAIFormat(WireFormat):
                 elif isinstance(event, StreamFinish):
                     finished = True
                     for index in range(request.n):
-                        yield chunk(index, "", chat.finish_reason(event.stop_reason))
+                        yield chunk(index, "", answers.finish_reason(event.stop_reason))
                     if request.include_usage:
-                        usage = chat.usage_json(event.usage)
+                        usage = answers.usage_json(event.usage)
                         yield encode_json({"id": chunk_id, "object": "text_completion", "created": created,
                                            "model": model, "choices": [],
                                            "usage": {k: usage[k] for k in
@@ -330,7 +331,7 @@ class OpenAIFormat(WireFormat):
 
     def parse_upstream_chat(self, body: dict[str, Any]) -> ChatResponse:
         """Canonical response from a ``chat.completion`` body."""
-        return chat.parse_response(expect_dict(body, "body"))
+        return answers.parse_response(expect_dict(body, "body"))
 
     def parse_upstream_chat_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
         """Canonical events from a chat stream, incrementally."""
@@ -369,13 +370,14 @@ class OpenAIFormat(WireFormat):
 
     def parse_upstream_completion(self, body: dict[str, Any]) -> CompletionResponse:
         """Canonical completion from a ``text_completion`` body."""
+        stops = answers.FINISH_TO_STOP
         choices = [CompletionChoice(index=int(c.get("index", i)), text=str(c.get("text") or ""),
-                                    stop_reason=chat.FINISH_TO_STOP.get(c.get("finish_reason") or "stop", "end_turn"))
+                                    stop_reason=stops.get(c.get("finish_reason") or "stop", "end_turn"))
                    for i, c in enumerate(body.get("choices") or [])]
         created = body.get("created")
         return CompletionResponse(id=str(body.get("id") or new_id("cmpl")), model=str(body.get("model") or ""),
                                   **({"created": created} if isinstance(created, int) else {}),
-                                  choices=choices, usage=chat.parse_usage(body.get("usage")))
+                                  choices=choices, usage=answers.parse_usage(body.get("usage")))
 
     async def parse_upstream_completion_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
         """Canonical events from a completion stream: one ``BlockDelta`` per text chunk, index = choice."""
@@ -396,12 +398,12 @@ class OpenAIFormat(WireFormat):
                 started = True
                 yield StreamStart(id=str(data.get("id") or new_id("cmpl")), model=str(data.get("model") or ""))
             if isinstance(data.get("usage"), dict):
-                usage = chat.parse_usage(data["usage"])
+                usage = answers.parse_usage(data["usage"])
             for choice in data.get("choices") or []:
                 if choice.get("text"):
                     yield BlockDelta(index=int(choice.get("index", 0)), delta=TextDelta(text=choice["text"]))
                 if choice.get("finish_reason"):
-                    stop = chat.FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
+                    stop = answers.FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
         else:
             if stop is None:
                 yield StreamError(error=ErrorInfo(status=502, kind="api_error",
