@@ -62,11 +62,15 @@ def spec_of(model_type: str) -> Any:
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``<type>``: tokenizer with a ChatML template; ``<type>-bare``: no template (the fallback renders);
-    ``<type>-think``: a template that opens a reasoning block (families with reasoning tags)."""
+    ``<type>-think``: a template that opens a reasoning block (families with reasoning tags); ``<type>-q4``:
+    4-bit affine quantization, as mlx-community checkpoints."""
     root = tmp_path_factory.mktemp("arch-models")
     dirs: dict[str, Path] = {}
     for seed, model_type in enumerate(MODEL_TYPES):
         dirs[model_type] = build_tiny_model(model_type, root / model_type, seed=seed)
+        dirs[f"{model_type}-q4"] = build_tiny_model(
+            model_type, root / f"{model_type}-q4", seed=seed + 300, quantize_bits=4, group_size=32
+        )
         if spec_of(model_type).reasoning_tags:
             dirs[f"{model_type}-think"] = build_tiny_model(
                 model_type, root / f"{model_type}-think", seed=seed + 200, chat_template=OPENS_THINKING
@@ -100,7 +104,7 @@ def claude(server: str) -> anthropic.Anthropic:
 
 def expected(model_dirs: dict[str, Path], name: str, **template_kwargs: Any) -> Reference:
     """mlx-lm's greedy answer; a ``-bare`` model renders the family's fallback template, as higgs must."""
-    model_type = name.removesuffix("-bare").removesuffix("-think")
+    model_type = name.split("-")[0]
     template = spec_of(model_type).chat_template if name.endswith("-bare") else None
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     reference = reference_generate(
@@ -174,6 +178,16 @@ def test_anthropic_answers_like_mlx_lm(model_dirs, claude, model_type, stream):
     assert text == reference.text
     assert (usage.input_tokens, usage.output_tokens) == (len(reference.prompt_tokens), MAX_TOKENS)
     assert stop == "max_tokens"
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_quantized_models_answer_like_mlx_lm(model_dirs, oai, claude, model_type):
+    name = f"{model_type}-q4"
+    reference = expected(model_dirs, name)
+    text, usage, _ = ask_openai(oai, name, stream=True)
+    assert text == reference.text and usage.completion_tokens == MAX_TOKENS
+    text, usage, _ = ask_anthropic(claude, name, stream=False)
+    assert text == reference.text and usage.output_tokens == MAX_TOKENS
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
