@@ -31,6 +31,7 @@ def serve(
     no_plugin: Annotated[list[str] | None, Parameter(name="--no-plugin",
                                                      help="Disable a plugin; repeatable; '*' = all.")] = None,
     yes: Annotated[bool, Parameter(help="Answer yes to confirmations (e.g. downloading a model).")] = False,
+    tui: Annotated[bool, Parameter(help="Show the live dashboard while serving (plugin higgs-tui).")] = False,
 ) -> int:
     """Run the gateway server until SIGINT/SIGTERM."""
     from higgs.plugins import load_plugins
@@ -79,6 +80,12 @@ def serve(
         print(f"higgs listening on {url}  (plugins: {names}; config: "
               f"{loaded.path if loaded.exists else 'defaults'})", file=sys.stderr, flush=True)
 
+    if tui:  # the dashboard plugin runs the server on a thread and owns the terminal
+        try:
+            from higgs_tui.cli import serve_with_dashboard
+        except ImportError as err:
+            raise ConfigError("--tui needs the dashboard plugin: install higgs-tui") from err
+        return int(serve_with_dashboard(app, server.host, server.port, settings))
     try:
         asyncio.run(serve_app(app, server.host, server.port, ready=ready))
     except OSError as err:

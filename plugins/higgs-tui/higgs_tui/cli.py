@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from cyclopts import Parameter
 
@@ -60,6 +60,58 @@ def attach(
             from higgs.runtime import terminate
 
             terminate(server.pid, timeout=10)
+    return 0
+
+
+def serve_with_dashboard(app: Any, host: str, port: int, settings: Any) -> int:
+    """``higgs serve --tui``: serve ``app`` on a background thread and show the dashboard in this one.
+
+    Logging moves to the profile's log file while the dashboard owns the terminal; quitting the dashboard
+    stops the server gracefully.
+    """
+    import asyncio
+    import logging
+    import threading
+
+    from higgs.runtime import RuntimePaths
+    from higgs.server.runner import display_url, serve_app
+
+    paths = RuntimePaths.for_profile(getattr(settings, "profile", None))
+    paths.ensure_dirs()
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    file_handler = logging.FileHandler(paths.log)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [file_handler]
+
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ready = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(serve_app(app, host, port, ready=lambda _url: ready.set(), stop=stop))
+        except BaseException as err:  # reported on the main thread
+            failed.append(err)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="higgs-server", daemon=True)
+    thread.start()
+    try:
+        ready.wait()
+        if failed:
+            print(f"higgs serve --tui: the server could not start: {failed[0]}", file=sys.stderr)
+            return 1
+        key = settings.server.api_key.get_secret_value() if settings.server.api_key else None
+        from higgs_tui.app import Dashboard
+
+        Dashboard(display_url(host, port), api_key=key, title=f"profile {paths.label} · log {paths.log}").run()
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        root.handlers = saved
+        file_handler.close()
     return 0
 
 
