@@ -45,9 +45,13 @@ _ERROR_TYPES = {
 }
 
 
-def response_id(canonical_id: str) -> str:
-    """A Responses-style id (``resp_...``) for a canonical response id."""
-    return canonical_id if canonical_id.startswith("resp_") else f"resp_{canonical_id.split('_')[-1]}"
+def new_response_id() -> str:
+    """A fresh Responses id (``resp_...``).
+
+    Never derived from the upstream's id: ``previous_response_id`` looks responses up by it, and upstreams
+    (or test doubles) that reuse ids must not make two answers share one store entry.
+    """
+    return new_id("resp")
 
 
 def render_usage(usage: Usage) -> dict[str, Any]:
@@ -132,7 +136,7 @@ def render_response(response: ChatResponse, request: ChatRequest) -> dict[str, A
     """A full (non-streamed) Responses object."""
     tool_map = tool_map_of(request)
     output = [item for block in response.content if (item := render_item(block, tool_map)) is not None]
-    return response_object(request, rid=response_id(response.id), created=response.created, model=response.model,
+    return response_object(request, rid=new_response_id(), created=response.created, model=response.model,
                            status=_status(response.stop_reason), output=output, usage=response.usage,
                            stop_reason=response.stop_reason)
 
@@ -148,7 +152,7 @@ class StreamRenderer:
         self.tool_map = tool_map_of(request)
         self.on_complete = on_complete
         self.sequence = 0
-        self.rid = response_id(new_id("resp"))
+        self.rid = new_response_id()
         self.created = int(time.time())
         self.model = request.model
         self.usage = Usage()
@@ -172,7 +176,6 @@ class StreamRenderer:
     def start(self, event: StreamStart | None) -> list[bytes]:
         self.started = True
         if event is not None:
-            self.rid = response_id(event.id)
             self.created, self.model, self.usage = event.created, event.model or self.model, event.usage
         response = self.snapshot("in_progress")
         return [self.event("response.created", response=response),
