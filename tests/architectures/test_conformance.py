@@ -1,8 +1,9 @@
 """Every architecture plugin, end to end: a tiny random-weight model of each family served by higgs answers
 token for token what mlx-lm's own greedy generation answers, through the official OpenAI and Anthropic SDKs,
-streamed and not, with the tokenizer's chat template and with the family's fallback template.
+streamed and not, with the tokenizer's chat template, with the family's fallback template and 4-bit quantized;
+plus the family knowledge the engine acts on: reasoning tags, the thinking switch and the tool-call syntax.
 
-One server (module scope) serves all twenty models; each model is built in the test with mlx-lm's classes.
+One server (module scope) serves all 35 models; each model is built in the test with mlx-lm's classes.
 """
 
 from __future__ import annotations
