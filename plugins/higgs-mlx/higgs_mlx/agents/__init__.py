@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from higgs.errors import InvalidRequestError
 from higgs.messages import ChatRequest
 
+from higgs_mlx.agents._tok import hf_tokenizer
+
 if TYPE_CHECKING:
     from higgs.specs import ArchitectureSpec
 
@@ -137,17 +139,17 @@ def output_regex(request: ChatRequest, arch: ArchitectureSpec | None = None) -> 
     fmt = request.response_format
     if fmt is None or fmt.type == "text":
         return None
-    from higgs_mlx.agents.schema import schema_to_regex
+    from higgs_mlx.agents.schema import json_object_regex, schema_to_regex
 
     if fmt.type == "json_object":
-        return schema_to_regex({"type": "object"})
+        return json_object_regex()
     if not fmt.json_schema:
         raise InvalidRequestError("response_format json_schema needs a 'schema'.", param="response_format")
     return schema_to_regex(fmt.json_schema)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    hf = hf_tokenizer(tokenizer)
     return list(hf.encode(text, add_special_tokens=False))
 
 
@@ -160,7 +162,7 @@ def family_of(arch: ArchitectureSpec | None, tokenizer: Any) -> tuple[tuple[str,
     """``(reasoning_tags, tool_parser)`` from the architecture spec, else guessed from the vocabulary."""
     if arch is not None:
         return arch.reasoning_tags, arch.tool_parser
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    hf = hf_tokenizer(tokenizer)
     try:
         vocab = hf.get_vocab()
     except AttributeError:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from higgs.errors import InvalidRequestError
 
+from higgs_mlx.agents._tok import hf_tokenizer
+
 if TYPE_CHECKING:
     import mlx.core as mx
     import numpy as np
@@ -140,9 +142,10 @@ def vocabulary_for(tokenizer: Any) -> TokenVocabulary:
         return cached
     from outlines_core import Vocabulary
 
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
-    eos_ids = sorted(set(getattr(tokenizer, "eos_token_ids", None) or []) | (
-        {hf.eos_token_id} if hf.eos_token_id is not None else set()))
+    hf = hf_tokenizer(tokenizer)
+    declared = getattr(tokenizer, "eos_token_ids", None)
+    declared = [declared] if isinstance(declared, int) else list(declared or [])
+    eos_ids = sorted(set(declared) | ({hf.eos_token_id} if hf.eos_token_id is not None else set()))
     if not eos_ids:
         raise InvalidRequestError("Constrained decoding needs a tokenizer with an end-of-sequence token.")
     keep = _markup_tokens()

@@ -54,10 +54,25 @@ def _fail(path: str, what: str) -> UnsupportedSchemaError:
 
 
 class _Builder:
-    """Walks a schema once: checks keywords, swaps bounded numbers for placeholders."""
+    """Walks a schema once: checks keywords, swaps bounded numbers and free-form values for placeholders."""
 
     def __init__(self) -> None:
         self.numbers: list[str] = []
+
+    def _placeholder(self, regex: str) -> dict[str, Any]:
+        self.numbers.append(regex)
+        return {"const": _PLACEHOLDER.format(len(self.numbers) - 1)}
+
+    def _free(self, node: dict[str, Any]) -> str | None:
+        """A bounded-depth regex for a schema-less value, object or array (outlines' own is very costly)."""
+        keys = set(node) - ANNOTATIONS
+        if not keys:
+            return json_value_regex()
+        if keys == {"type"} and node["type"] == "object":
+            return json_object_regex()
+        if keys == {"type"} and node["type"] == "array":
+            return json_array_regex()
+        return None
 
     def node(self, node: Any, path: str) -> Any:
         if isinstance(node, bool):
@@ -73,6 +88,9 @@ class _Builder:
             raise _fail(path, "allOf with several schemas")
         if BOUNDS & node.keys():
             return self._bounded(node, path)
+        free = self._free(node)
+        if free is not None and path:  # the top level keeps outlines' handling of an empty schema
+            return self._placeholder(free)
         out = dict(node)
         for key in ("properties", "$defs", "definitions"):
             if isinstance(node.get(key), dict):
@@ -97,9 +115,7 @@ class _Builder:
         if others:
             raise _fail(path, f"{sorted(others)[0]} together with numeric bounds")
         kind = "integer" if numeric == ["integer"] else "number"
-        regex = number_regex(node, kind, path)
-        self.numbers.append(regex)
-        placeholder = {"const": _PLACEHOLDER.format(len(self.numbers) - 1)}
+        placeholder = self._placeholder(number_regex(node, kind, path))
         rest = [{"type": t} for t in types if t not in ("integer", "number")]
         return {"anyOf": [placeholder, *rest]} if rest else placeholder
 
@@ -112,8 +128,8 @@ def schema_to_regex(schema: dict[str, Any] | bool | None) -> str:
     """
     from outlines_core.json_schema import build_regex_from_schema
 
-    if schema is None or schema is True or schema == {}:
-        schema = {"type": "object"}
+    if schema is None or schema is True or schema == {} or schema == {"type": "object"}:
+        return json_object_regex()
     builder = _Builder()
     prepared = builder.node(copy.deepcopy(schema), "")
     try:
@@ -220,3 +236,43 @@ def _signed_ints(lo: int | None, hi: int | None) -> list[str]:
         if neg:
             parts.append("-" + neg)
     return parts
+
+
+# --------------------------------------------------------------------------------------------------
+# json_object
+# --------------------------------------------------------------------------------------------------
+
+_WS = r"[ ]?"
+_STRING = r'"([^"\\\x00-\x1F\x7F-\x9F]|\\["\\/bfnrt])*"'
+_NUMBER = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?"
+
+
+def _containers(depth: int) -> tuple[str, str, str]:
+    """(value, object, array) regexes whose objects/arrays nest at most ``depth`` levels."""
+    value = rf"{_STRING}|{_NUMBER}|true|false|null"
+    obj = arr = ""
+    for _ in range(depth):
+        arr = rf"\[{_WS}(({value})({_WS},{_WS}({value}))*)?{_WS}\]"
+        obj = rf"\{{{_WS}({_STRING}{_WS}:{_WS}({value})({_WS},{_WS}{_STRING}{_WS}:{_WS}({value}))*)?{_WS}\}}"
+        value = f"{value}|{arr}|{obj}"
+    return value, obj, arr
+
+
+def json_object_regex(depth: int = 2) -> str:
+    """Any JSON object whose values nest objects/arrays up to ``depth`` levels (the top one included).
+
+    outlines-core's schema-less object allows deeper nesting, but its index takes ~50x longer to build
+    (17 s instead of 0.3 s for a 384-token vocabulary, 3 s for Qwen3's 151k tokens at depth 2); two levels
+    cover what ``json_object`` users send.
+    """
+    return _containers(depth)[1]
+
+
+def json_array_regex(depth: int = 1) -> str:
+    """Any JSON array (nesting ``depth`` levels), for a schema-less ``{"type": "array"}``."""
+    return _containers(depth)[2]
+
+
+def json_value_regex(depth: int = 1) -> str:
+    """Any JSON value (nesting ``depth`` levels), for an empty schema ``{}``."""
+    return _containers(depth)[0]

@@ -78,7 +78,8 @@ def test_tool_choice_none_parses_no_calls():
 
 
 def test_template_options_thinking_toggle():
-    assert template_options(ChatRequest(model="m", reasoning=Reasoning(enabled=False)), QWEN3)["enable_thinking"] is False
+    off = ChatRequest(model="m", reasoning=Reasoning(enabled=False))
+    assert template_options(off, QWEN3)["enable_thinking"] is False
     assert template_options(ChatRequest(model="m", reasoning=Reasoning(enabled=True)), QWEN3)["enable_thinking"] is True
     assert "enable_thinking" not in template_options(ChatRequest(model="m"), QWEN3)
     forced = ChatRequest(model="m", tools=[Tool(name="f")], tool_choice=ToolChoice(type="any"))
@@ -118,7 +119,7 @@ def test_budget_forces_the_closing_tag(opened_by_prompt):
     prompt = [1, 2, 10] if opened_by_prompt else [1, 2]
     budget = ReasoningBudget(3, open_ids, close_ids)  # tells from the prompt tokens whether it is open
     first = [] if opened_by_prompt else [10]
-    script = iter(first + [5, 6, 7, 8, 9, 9, 9])
+    script = iter([*first, 5, 6, 7, 8, 9, 9, 9])
 
     def choose(allowed: list[int]) -> int:
         return allowed[0] if len(allowed) == 1 else next(script)
