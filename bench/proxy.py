@@ -54,7 +54,9 @@ def serve_higgs(port: int, upstream: str) -> None:
     from higgs.testing import build_app
 
     logging.basicConfig(level=logging.WARNING)
-    config = {"provider": {"up": {"kind": "openai", "url": upstream + "/v1", "api_key": "sk-bench"}},
+    # Like LiteLLM below: clients authenticate with the gateway's key, the provider injects its own.
+    config = {"server": {"api_key": "sk-bench"},
+              "provider": {"up": {"kind": "openai", "url": upstream + "/v1", "api_key": "sk-upstream"}},
               "default": {"provider": "up"}, "logging": {"level": "WARNING"}}
     app = build_app(config, plugins=[("openai", higgs_openai)], builtins=("openai-format", "routing"))
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handler_cancellation=True)
@@ -158,8 +160,10 @@ def litellm_config(upstream: str) -> Path:
     path = Path(tempfile.mkstemp(prefix="bench-litellm-", suffix=".yaml")[1])
     path.write_text(json.dumps({  # JSON is YAML
         "model_list": [{"model_name": "gpt-bench", "litellm_params": {
-            "model": "openai/gpt-bench", "api_base": upstream + "/v1", "api_key": "sk-bench"}}],
+            "model": "openai/gpt-bench", "api_base": upstream + "/v1", "api_key": "sk-upstream"}}],
         "litellm_settings": {"telemetry": False, "set_verbose": False, "turn_off_message_logging": True},
+        # No database, no spend or error logging: LiteLLM's leanest proxy path.
+        "general_settings": {"disable_spend_logs": True, "disable_error_logs": True},
     }))
     return path
 
@@ -190,7 +194,8 @@ async def main() -> int:
             lite = start("litellm", [args.litellm, "--config", str(litellm_config(upstream)), "--host", "127.0.0.1",
                                      "--port", str(lport), "--num_workers", "1"], f"http://127.0.0.1:{lport}",
                          env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-                              "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True"})
+                              "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True",
+                              "LITELLM_MASTER_KEY": "sk-bench"})
             servers.append(lite)
             targets.append(lite)
         else:
