@@ -122,6 +122,7 @@ class ToolUpstream:
         app.router.add_post("/v1/chat/completions", self.openai)
         app.router.add_post("/v1/messages", self.anthropic)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/api/chat", self.ollama)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -221,6 +222,28 @@ class ToolUpstream:
                                            "usage": {"output_tokens": 4}}))
         events.append(ev("message_stop", {}))
         return await self._sse(request, events)
+
+    async def ollama(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        base = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z"}
+        if self.call_tool:
+            call = {"function": {"name": self._tool_name(body), "arguments": self.arguments}}
+            lines = [{**base, "message": {"role": "assistant", "content": "", "tool_calls": [call]}, "done": False}]
+        else:
+            lines = [{**base, "message": {"role": "assistant", "content": w}, "done": False} for w in self.words()]
+        final = {**base, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
+                 "prompt_eval_count": 9, "eval_count": 4}
+        if not body.get("stream", True):
+            message = {"role": "assistant", "content": self.text if not self.call_tool else ""}
+            if self.call_tool:
+                message["tool_calls"] = lines[0]["message"]["tool_calls"]
+            return web.json_response({**final, "message": message})
+        response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+        await response.prepare(request)
+        for line in [*lines, final]:
+            await response.write(json.dumps(line).encode() + b"\n")
+        await response.write_eof()
+        return response
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
