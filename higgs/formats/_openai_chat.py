@@ -384,7 +384,8 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None) -> d
             body["parallel_tool_calls"] = False
     max_tokens = request.max_tokens or default_max_tokens
     if max_tokens is not None:
-        reasoning_model = is_reasoning_model(request.model) or bool(request.reasoning and request.reasoning.effort)
+        reasoning_model = is_reasoning_model(request.model) or bool(
+            same and request.reasoning and request.reasoning.effort)
         body["max_completion_tokens" if reasoning_model else "max_tokens"] = max_tokens
     if request.stop:
         body["stop"] = request.stop
@@ -455,15 +456,22 @@ def _build_response_format(fmt: ResponseFormat) -> dict[str, Any]:
 def _build_reasoning(body: dict[str, Any], request: ChatRequest) -> None:
     reasoning = request.reasoning
     assert reasoning is not None
+    if request.source_format == NAME:  # the client's own choice, to a server of its own format
+        if reasoning.effort is not None:
+            body["reasoning_effort"] = reasoning.effort
+        elif reasoning.enabled is False:
+            body["reasoning_effort"] = "none"
+        return
+    if not reasoning.enabled and not reasoning.effort:
+        return
+    if not is_reasoning_model(request.model):
+        dropped("reasoning", NAME, "only OpenAI reasoning models take reasoning_effort")
+        return
     if reasoning.effort is not None:
         body["reasoning_effort"] = reasoning.effort
-    elif reasoning.enabled is False and request.source_format == NAME:
-        body["reasoning_effort"] = "none"
-    elif reasoning.enabled and is_reasoning_model(request.model):
+    else:
         budget = reasoning.budget_tokens or 0
         body["reasoning_effort"] = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
-    else:
-        dropped("thinking", NAME, "only OpenAI reasoning models take reasoning_effort")
 
 
 def _build_messages(request: ChatRequest, same: bool) -> list[dict[str, Any]]:

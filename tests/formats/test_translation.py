@@ -280,3 +280,13 @@ def test_json_schema_response_format_toward_anthropic():
         "format": {"type": "json_schema", "schema": {"type": "object"}}}}, {})).body
     assert back["response_format"] == {"type": "json_schema", "json_schema": {"name": "response",
                                                                                "schema": {"type": "object"}}}
+
+
+def test_anthropic_thinking_toward_openai_only_for_reasoning_models():
+    body = {"model": "gpt-4o", "max_tokens": 5000, "messages": [{"role": "user", "content": "x"}],
+            "thinking": {"type": "enabled", "budget_tokens": 20000}, "output_config": {"effort": "low"}}
+    assert "reasoning_effort" not in oa.build_upstream_chat(an.parse_chat(body, {})).body
+    built = oa.build_upstream_chat(an.parse_chat({**body, "model": "o4-mini"}, {})).body
+    assert built["reasoning_effort"] == "low" and built["max_completion_tokens"] == 5000
+    del body["output_config"]
+    assert oa.build_upstream_chat(an.parse_chat({**body, "model": "gpt-5"}, {})).body["reasoning_effort"] == "high"
