@@ -50,7 +50,8 @@ KNOWN_FIELDS = frozenset({
     "top_k", "thinking", "metadata", "stream",
 })
 # Fields ``/v1/messages/count_tokens`` accepts (the rest of a messages body is rejected there).
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"})
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+                          "cache_control", "output_config", "speed", "user_profile_id", "workspace_id"})
 STOP_REASONS: frozenset[str] = frozenset(
     {"end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal", "pause_turn"})
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
@@ -513,6 +514,8 @@ def stop_reason(value: Any) -> StopReason | None:
     """A canonical stop reason from Anthropic's (unknown values count as ``end_turn``)."""
     if value is None:
         return None
+    if value == "model_context_window_exceeded":  # the context filled up: as good as a length stop
+        return "max_tokens"
     return value if value in STOP_REASONS else "end_turn"
 
 
