@@ -85,6 +85,7 @@ class OllamaFormat(WireFormat):
             FormatRoute("GET", "/api/ps", handler=self.handle_ps),
             FormatRoute("GET", "/api/version", handler=self.handle_version),
             FormatRoute("GET", "/", handler=self.handle_root),
+            FormatRoute("HEAD", "/", handler=self.handle_root),  # the ollama CLI's heartbeat
         ]
 
     def claims(self, path: str) -> bool:

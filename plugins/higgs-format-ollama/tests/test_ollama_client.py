@@ -121,6 +121,10 @@ async def test_embed_tags_show_ps_version(gateway, local):
                 legacy = await response.json()
             async with http.get(url + "/") as response:
                 root = await response.text()
+            async with http.head(url + "/") as response:
+                assert response.status == 200
+            async with http.post(url + "/api/pull", json={"model": "llama3.2"}) as response:
+                assert response.status == 404 and "error" in await response.json()
     assert embedded.embeddings == [[2.0, 0.5], [4.0, 0.5]] and single.embeddings == [[3.0, 0.5]]
     assert [m.model for m in tags.models] == ["local-model"]
     assert shown.modelinfo["higgs.context_length"] == 4096 and "tools" in shown.capabilities
