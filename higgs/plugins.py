@@ -145,6 +145,10 @@ def load_plugins(
     required, blocked = set(enabled), set(disabled)
     for item in plugins:
         name, obj = item if isinstance(item, tuple) else (_plugin_name(item), item)
+        base, n = name, 1
+        while name in infos:  # two explicit plugins of the same class: keep both, distinctly named
+            n += 1
+            name = f"{base}-{n}"
         info = PluginInfo(name=name, module=getattr(obj, "__name__", type(obj).__name__), required=name in required)
         infos[name] = info
         _register(pm, name, obj, info)

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ValidationError
 
 from higgs.config import LOCAL_PROVIDER, HiggsSettings
@@ -36,7 +37,7 @@ from higgs.messages import ModelInfo, StreamError, StreamEvent, StreamStart, Usa
 from higgs.records import RequestRecord
 from higgs.registry import Registry
 from higgs.server import keys
-from higgs.server.streaming import StreamStats, guard_events, write_stream
+from higgs.server.streaming import StreamStats, guard_events, idle_limited, write_stream
 
 log = logging.getLogger("higgs.gateway")
 
@@ -148,7 +149,7 @@ class Gateway:
                                                   "configured")
                 continue
             call = CallContext(request_id=request[keys.REQUEST_ID], client_format=fmt.name,
-                               headers=request.headers, route=decision, path=request.path)
+                               headers=self._forwardable(request), route=decision, path=request.path)
             record.provider, record.local = name, provider.local
             record.format_out = provider.upstream_format or "canonical"
             has_next = index + 1 < len(decision.providers)
@@ -184,6 +185,23 @@ class Gateway:
         assert last is not None
         raise last
 
+    def _forwardable(self, request: web.Request) -> CIMultiDictProxy[str]:
+        """The client's headers as providers may see them: the gateway's own API key never leaves higgs
+        (a client authenticating to higgs must not hand that key to an upstream)."""
+        key = self.settings.server.api_key
+        if key is None:
+            return request.headers
+        secret = key.get_secret_value()
+        kept: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            lowered = name.lower()
+            if lowered == "authorization" and value[7:].strip() == secret and value[:7].lower() == "bearer ":
+                continue
+            if lowered == "x-api-key" and value.strip() == secret:
+                continue
+            kept.add(name, value)
+        return CIMultiDictProxy(kept)
+
     # -- pass-through -------------------------------------------------------------------------------
 
     async def _passthrough(self, request: web.Request, fmt: WireFormat, provider: Provider, call: CallContext,
@@ -191,7 +209,7 @@ class Gateway:
                            has_next: bool) -> web.StreamResponse:
         if body.get("model") != decision.model:
             body_bytes = json.dumps(fmt.rewrite_model(body, decision.model)).encode()
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in self._forwardable(request).items() if k.lower() not in HOP_BY_HOP]
         raw = RawRequest(method=request.method, path=request.path, query=request.query_string, headers=headers,
                          body=body_bytes)
         upstream: RawResponse = await provider.passthrough(raw, call)
@@ -209,7 +227,7 @@ class Gateway:
         request[keys.STREAM] = response
         _disarm_deadline(request)
         try:
-            await write_stream(response, request, upstream.body)
+            await write_stream(response, request, idle_limited(upstream.body, self.settings.server.timeout))
         finally:
             if upstream.close is not None:
                 await upstream.close()

@@ -90,6 +90,25 @@ async def guard_events(
                 log.debug("closing a provider stream failed", exc_info=True)
 
 
+async def idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
+    """Pass ``chunks`` through, ending the stream when none arrives for ``idle_timeout`` seconds.
+
+    Used for pass-through bodies, whose bytes the kernel does not interpret: a stalled upstream closes the
+    client's stream instead of holding the connection open forever.
+    """
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            log.warning("pass-through upstream sent nothing for %.0f s; stream closed", idle_timeout)
+            return
+        yield chunk
+
+
 def _observe(event: StreamEvent, stats: StreamStats) -> None:
     stats.events += 1
     if isinstance(event, BlockDelta):

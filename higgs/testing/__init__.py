@@ -101,8 +101,8 @@ class FixedRouter(Router):
     """A strategy that sends models matching ``models`` (all when empty) to ``providers`` in order."""
 
     def __init__(self, providers: Iterable[str], *, models: Iterable[str] = (), rule: str = "test",
-                 rewrite: str | None = None) -> None:
-        self.name = "fixed"
+                 rewrite: str | None = None, name: str = "fixed") -> None:
+        self.name = name
         self.providers = tuple(providers)
         self.models = set(models)
         self.rule = rule
@@ -119,6 +119,8 @@ def router_plugin(router: Router, order: int = 5) -> object:
     """A plugin registering ``router`` as a strategy (order 5: before every built-in one)."""
 
     class _Plugin:
+        name = f"router-{router.name or 'fixed'}-{id(router):x}"
+
         @hookimpl
         def higgs_routers(self) -> list[RouterSpec]:
             return [RouterSpec(name=router.name or "fixed", factory=lambda settings, services: router, order=order)]

@@ -293,3 +293,63 @@ async def test_failed_requests_are_recorded_too(path):
     async with app_client(app) as client:
         await client.post(path, data=json.dumps(CHAT))
     assert records.records[0].status == 401 and records.records[0].error_type == "authentication"
+
+
+async def test_stalled_passthrough_stream_is_closed_after_the_timeout():
+    from higgs.interfaces import RawResponse
+
+    upstream = FakeProvider(models=["gpt-x"], upstream_format="openai")
+    closed = []
+
+    async def stalling(raw, call):
+        async def body():
+            yield b"data: {}\n\n"
+            await asyncio.sleep(30)
+            yield b"never"
+
+        async def close():
+            closed.append(True)
+
+        return RawResponse(status=200, headers=[("content-type", "text/event-stream")], body=body(), close=close)
+
+    upstream.passthrough = stalling
+    app = build_app({"server": {"timeout": 0.3}}, providers={"up": upstream},
+                    plugins=[router_plugin(FixedRouter(["up"]))])
+    async with app_client(app) as client:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-x", "stream": True})
+        assert resp.status == 200 and await resp.read() == b"data: {}\n\n"
+    assert closed == [True]
+
+
+async def test_the_gateways_own_api_key_is_never_forwarded():
+    upstream = FakeProvider(models=["gpt-x"], upstream_format="openai")
+    translated = FakeProvider(models=["claude-x"])
+    seen = []
+
+    async def capture(raw, call):
+        seen.append(dict(raw.headers))
+        return await FakeProvider.passthrough(upstream, raw, call)
+
+    upstream.passthrough = capture
+    original_chat = translated.chat
+
+    async def chat(request, call):
+        seen.append(dict(call.headers))
+        return await original_chat(request, call)
+
+    translated.chat = chat
+    router = router_plugin(FixedRouter(["up"], models=["gpt-x"]))
+    router2 = router_plugin(FixedRouter(["tr"], models=["claude-x"], name="fixed-2"), order=6)
+    app = build_app({"server": {"api_key": "gateway-key"}}, providers={"up": upstream, "tr": translated},
+                    plugins=[router, router2])
+    async with app_client(app) as client:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-x"},
+                                 headers={"Authorization": "Bearer gateway-key", "x-upstream-hint": "1"})
+        assert resp.status == 200
+        resp = await client.post("/v1/messages", json={**MESSAGES, "model": "claude-x"},
+                                 headers={"x-api-key": "gateway-key", "anthropic-version": "2023-06-01"})
+        assert resp.status == 200
+    lowered = [{k.lower(): v for k, v in h.items()} for h in seen]
+    assert "authorization" not in lowered[0] and lowered[0]["x-upstream-hint"] == "1"
+    assert "x-api-key" not in lowered[1] and lowered[1]["anthropic-version"] == "2023-06-01"
+    assert all("gateway-key" not in str(h) for h in seen)
