@@ -159,6 +159,8 @@ class StreamRenderer:
         self.output: list[dict[str, Any]] = []
         #: canonical block index -> (output index, item, accumulated text/arguments)
         self.open: dict[int, tuple[int, dict[str, Any], list[str]]] = {}
+        #: canonical block index -> flat tool name, for tool-use blocks
+        self.flat: dict[int, str] = {}
         self.started = False
         self.done = False
 
@@ -200,6 +202,8 @@ class StreamRenderer:
             return [self.event("response.output_item.added", output_index=out_index, item=item),
                     self.event("response.reasoning_summary_part.added", item_id=item["id"],
                                output_index=out_index, summary_index=0, part={"type": "summary_text", "text": ""})]
+        if isinstance(block, ToolUseBlock):
+            self.flat[event.index] = block.name
         if item["type"] == "function_call":
             item["arguments"] = ""
         else:
@@ -254,8 +258,7 @@ class StreamRenderer:
                 args = json.loads(text) if text.strip() else {}
             except ValueError:
                 args = {"input": text} if item["type"] == "custom_tool_call" else {}
-            flat = next((f for f, t in self.tool_map.by_flat.items()
-                         if t.name == item["name"] and t.namespace == item.get("namespace")), item["name"])
+            flat = self.flat.pop(event.index, item["name"])
             fields = call_item_fields(flat, args if isinstance(args, dict) else {}, self.tool_map)
             if item["type"] == "function_call":
                 # Keep the arguments exactly as streamed when they were valid JSON text.
