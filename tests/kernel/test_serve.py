@@ -116,3 +116,45 @@ def test_invalid_flag_value_is_a_config_error(tmp_path):
     proc = start(tmp_path, "--port", "0")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "--port: server.port" in err
+
+
+async def test_graceful_shutdown_lets_short_requests_finish_and_cancels_long_ones():
+    import asyncio
+
+    import aiohttp
+
+    from higgs.server.runner import serve_app
+    from higgs.testing import FakeProvider, build_app
+
+    short = FakeProvider(local=True, models=["tiny"], delay=0.3)
+    app = build_app(providers={"higgs": short})
+    stop = asyncio.Event()
+    urls: list[str] = []
+    port = free_port()
+    server = asyncio.create_task(serve_app(app, "127.0.0.1", port, grace=1.0, ready=urls.append, stop=stop))
+    while not urls:
+        await asyncio.sleep(0.01)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as http:
+        request = asyncio.create_task(http.post(urls[0] + "/v1/chat/completions", json=body))
+        await asyncio.sleep(0.1)  # in flight
+        stop.set()
+        resp = await request
+        assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"]
+    await asyncio.wait_for(server, 10)
+
+    slow = FakeProvider(local=True, models=["tiny"], delay=30)
+    stop, urls = asyncio.Event(), []
+    server = asyncio.create_task(serve_app(build_app(providers={"higgs": slow}), "127.0.0.1", free_port(),
+                                           grace=0.5, ready=urls.append, stop=stop))
+    while not urls:
+        await asyncio.sleep(0.01)
+    async with aiohttp.ClientSession() as http:
+        request = asyncio.create_task(http.post(urls[0] + "/v1/chat/completions", json=body))
+        await asyncio.sleep(0.1)
+        started = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(server, 10)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert slow.cancelled == 1
+        request.cancel()
