@@ -18,6 +18,7 @@ reasoning block; ``max_tokens`` (the effective limit) makes the output constrain
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 LogitsProcessor = Callable[[Any, Any], Any]
+
+#: Prompt probes by request id, so the output parser of a request can ask its processors (see PromptProbe).
+_probes: dict[int, Any] = {}
 
 
 def tools_active(request: ChatRequest) -> bool:
@@ -116,7 +120,8 @@ def make_output_parser(request: ChatRequest, arch: ArchitectureSpec | None, toke
     if tags:
         from higgs_mlx.agents.reasoning import ReasoningParser, prompt_opens_reasoning
 
-        return ReasoningParser(tags, inner, in_reasoning=prompt_opens_reasoning(prompt, tags))
+        probe = _probes.get(id(request)) if prompt is None else None
+        return ReasoningParser(tags, inner, in_reasoning=prompt_opens_reasoning(prompt, tags), probe=probe)
     return inner
 
 
@@ -192,6 +197,13 @@ def make_logits_processors(request: ChatRequest, tokenizer: Any, *, arch: Archit
         from higgs_mlx.agents.reasoning import prompt_opens_reasoning
 
         in_reasoning = prompt_opens_reasoning(prompt, tags)
+    if tags and prompt is None:
+        from higgs_mlx.agents.reasoning import PromptProbe
+
+        probe = PromptProbe(_ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]))
+        _probes[id(request)] = probe
+        weakref.finalize(request, _probes.pop, id(request), None)
+        processors.append(probe)
     budget = reasoning_budget(request)
     if tags and budget is not None:
         from higgs_mlx.agents.reasoning import ReasoningBudget

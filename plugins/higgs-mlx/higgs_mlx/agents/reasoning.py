@@ -61,6 +61,24 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
+class PromptProbe:
+    """A logits processor that changes nothing: it records, from the prompt tokens of its first call,
+    whether the chat template left a reasoning block open. The output parser consults it when the engine
+    did not pass the rendered prompt (the first call always happens before the first token is parsed)."""
+
+    def __init__(self, open_ids: list[int], close_ids: list[int]) -> None:
+        self.open_ids = open_ids
+        self.close_ids = close_ids
+        self.in_reasoning: bool | None = None
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        """Look at the prompt once; pass the logits through."""
+        if self.in_reasoning is None:
+            prompt = [int(t) for t in tokens[-4096:].tolist()] if int(tokens.size) else []
+            self.in_reasoning = ids_open_reasoning(prompt, self.open_ids, self.close_ids)
+        return logits
+
+
 class ReasoningParser:
     """Splits reasoning from the answer; the answer goes through ``inner``.
 
@@ -68,11 +86,14 @@ class ReasoningParser:
         tags: the family's ``(open, close)`` reasoning tags.
         inner: the parser for answer text (``PlainTextParser`` or a ``ToolCallParser``).
         in_reasoning: the prompt already opened the block.
+        probe: consulted at the first piece of text when ``in_reasoning`` is unknown (see ``PromptProbe``).
     """
 
-    def __init__(self, tags: tuple[str, str], inner: OutputParser, *, in_reasoning: bool = False) -> None:
+    def __init__(self, tags: tuple[str, str], inner: OutputParser, *, in_reasoning: bool = False,
+                 probe: PromptProbe | None = None) -> None:
         self.open_tag, self.close_tag = tags
         self.inner = inner
+        self.probe = probe
         self._state = "thinking" if in_reasoning else "start"
         self._buf = ""
         self._think_ws = ""  # trailing whitespace of the reasoning, dropped if the block closes next
@@ -82,6 +103,11 @@ class ReasoningParser:
 
     def feed(self, text: str) -> list[Segment]:
         """Segments for a new piece of generated text."""
+        if self.probe is not None:
+            if self.probe.in_reasoning and self._state == "start":
+                self._state = "thinking"
+                self.reasoning_seen = True
+            self.probe = None
         self._buf += text
         return self._run(final=False)
 
