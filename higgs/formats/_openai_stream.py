@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from higgs.errors import ApiError
-from higgs.formats._common import kind_for_status
+from higgs.formats._common import compact_json, kind_for_status
 from higgs.formats._openai_response import FINISH_TO_STOP, finish_reason, parse_usage, usage_json
 from higgs.messages import (
     BlockDelta,
@@ -82,8 +82,9 @@ async def render_stream(
                 block = event.block
                 if isinstance(block, ToolUseBlock):
                     slot = tool_slots.setdefault(event.index, len(tool_slots))
+                    arguments = compact_json(block.input) if block.input else ""  # usually empty: deltas follow
                     yield chunk({"tool_calls": [{"index": slot, "id": block.id, "type": "function",
-                                                 "function": {"name": block.name, "arguments": ""}}]})
+                                                 "function": {"name": block.name, "arguments": arguments}}]})
                 elif isinstance(block, TextBlock) and block.text:
                     yield chunk({"content": block.text})
                 elif isinstance(block, ThinkingBlock) and block.thinking and not block.redacted:

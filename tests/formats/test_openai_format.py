@@ -411,3 +411,12 @@ def test_upstream_error_parsing_keeps_code_and_retry_after():
     assert info.kind == "upstream_unreachable" and "Bad gateway" in info.message
     info = fmt.parse_upstream_error(422, b'{"detail":"field required"}')
     assert info.kind == "invalid_request" and info.message == "field required"
+
+
+async def test_tool_block_that_starts_with_its_input_keeps_it():
+    events = [StreamStart(model="m"), BlockStart(index=0, block=ToolUseBlock(id="c", name="f", input={"x": 1})),
+              BlockStop(index=0), StreamFinish(stop_reason="tool_use")]
+    req = parse(msg({"role": "user", "content": "x"}, stream=True))
+    body = b"".join(await collect(fmt.render_chat_stream(aiter_list(events), req)))
+    back = accumulate(await collect(fmt.parse_upstream_chat_stream(aiter_bytes([body]))))
+    assert back.content == [ToolUseBlock(id="c", name="f", input={"x": 1})]
