@@ -63,3 +63,18 @@ def test_json_schema_is_constrained(api):
                                     text={"format": {"type": "json_schema", "name": "r", "schema": schema,
                                                      "strict": True}})
     assert isinstance(json.loads(response.output_text)["ok"], bool)
+
+
+def test_codex_traffic_on_the_local_engine(api):
+    """A whole Codex-shaped turn (namespaced and custom tools, developer messages, echoed reasoning and
+    calls) is accepted by the engine and streamed back in order."""
+    from pathlib import Path
+
+    codex = json.loads((Path(__file__).parent / "fixtures" / "codex_request.json").read_text())
+    fields = {k: v for k, v in codex.items() if k != "client_metadata"}
+    fields.update(model="tiny", max_output_tokens=8)
+    events = list(api.responses.create(**fields, extra_body={"client_metadata": codex["client_metadata"]}))
+    assert events[0].type == "response.created"
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.usage.input_tokens > 0
