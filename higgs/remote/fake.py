@@ -32,6 +32,8 @@ class Behaviour:
         headers: extra response headers (e.g. ``retry-after``).
         delay: seconds to wait before answering (timeouts).
         die_after: for streams, close the connection after this many events.
+        error_after: for streams, send the format's error event after this many events and end the stream.
+        raw: answer these bytes with status 200 instead of a well-formed body (garbage tests).
         chunk_delay: for streams, seconds between events (slow streams, client disconnects).
         text: the answer text instead of the default.
         path: only requests to this path consume the behaviour (None = any).
@@ -42,6 +44,8 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     die_after: int | None = None
+    error_after: int | None = None
+    raw: bytes | None = None
     chunk_delay: float = 0.0
     text: str | None = None
     path: str | None = None
@@ -104,8 +108,8 @@ class FakeUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.url = f"http://{host}:{sockets[0].getsockname()[1]}"
+        address = self._runner.addresses[0]
+        self.url = f"http://{host}:{address[1]}"
         return self.url
 
     async def stop(self) -> None:
@@ -132,13 +136,18 @@ class FakeUpstream:
             self.sent.append(data)
         return web.Response(body=data, status=status, content_type="application/json", headers=headers)
 
-    async def _stream(self, request: web.Request, events: list[bytes], behaviour: Behaviour) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, events: list[bytes], behaviour: Behaviour,
+                      error_event: bytes = b"") -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
                                                "x-fake-upstream": "1", **behaviour.headers})
         await response.prepare(request)
         written = bytearray()
         try:
             for i, event in enumerate(events):
+                if behaviour.error_after is not None and i >= behaviour.error_after:
+                    await response.write(error_event)
+                    written += error_event
+                    break
                 if behaviour.die_after is not None and i >= behaviour.die_after:
                     assert request.transport is not None
                     request.transport.close()
@@ -179,6 +188,8 @@ class FakeUpstream:
         behaviour, raw = await self._begin(request)
         if behaviour.status >= 400:
             return self._json(self._error(behaviour, False), behaviour.status, behaviour.headers)
+        if behaviour.raw is not None:
+            return web.Response(body=behaviour.raw, content_type="application/json")
         body = json.loads(raw)
         model = body.get("model", "unknown")
         text = behaviour.text or self.text
@@ -209,7 +220,8 @@ class FakeUpstream:
                      "choices": [], "usage": usage}
             events.append(f"data: {json.dumps(final)}\n\n".encode())
         events.append(b"data: [DONE]\n\n")
-        return await self._stream(request, events, behaviour)
+        error = {"error": {"message": "fake mid-stream failure", "type": "server_error", "param": None, "code": None}}
+        return await self._stream(request, events, behaviour, f"data: {json.dumps(error)}\n\n".encode())
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._begin(request)
@@ -226,6 +238,8 @@ class FakeUpstream:
         behaviour, raw = await self._begin(request)
         if behaviour.status >= 400:
             return self._json(self._error(behaviour, True), behaviour.status, behaviour.headers)
+        if behaviour.raw is not None:
+            return web.Response(body=behaviour.raw, content_type="application/json")
         body = json.loads(raw)
         model = body.get("model", "unknown")
         text = behaviour.text or self.text
@@ -259,7 +273,8 @@ class FakeUpstream:
                                     "usage": {"output_tokens": out_tokens}}),
             event("message_stop", {"type": "message_stop"}),
         ]
-        return await self._stream(request, events, behaviour)
+        error = event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        return await self._stream(request, events, behaviour, error)
 
     async def _anthropic_count(self, request: web.Request) -> web.Response:
         behaviour, _ = await self._begin(request)

@@ -1,0 +1,83 @@
+"""Failure paths across formats: upstream error events mid-stream, garbage bodies, translated disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from higgs.remote.fake import Behaviour
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def config(fake, fmt, **provider):
+    return {"provider": {"up": {"url": fake.url, "format": fmt, "max_retries": 0, **provider}},
+            "default": {"provider": "up"}}
+
+
+async def test_anthropic_overload_event_mid_stream_reaches_openai_client_as_error(fake, gateway):
+    fake.script.append(Behaviour(error_after=4))
+    async with gateway(config(fake, "anthropic")) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        stream = await client.chat.completions.create(model="claude-x", stream=True, messages=MESSAGES)
+        received = []
+        with pytest.raises(openai.APIError) as info:
+            async with asyncio.timeout(10):
+                async for chunk in stream:
+                    received.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(received).startswith("Hello") and "Overloaded" in str(info.value)
+
+
+async def test_openai_error_chunk_mid_stream_reaches_anthropic_client_as_error_event(fake, gateway):
+    fake.script.append(Behaviour(error_after=3))
+    async with gateway(config(fake, "openai")) as url, aiohttp.ClientSession() as http:
+        body = {"model": "gpt-x", "max_tokens": 20, "stream": True, "messages": MESSAGES}
+        async with http.post(url + "/v1/messages", json=body) as response:
+            assert response.status == 200
+            text = (await response.read()).decode()
+    events = [block for block in text.split("\n\n") if block.strip()]
+    assert events[0].startswith("event: message_start")
+    assert events[-1].startswith("event: error")
+    assert json.loads(events[-1].split("data: ", 1)[1])["error"]["message"] == "fake mid-stream failure"
+
+
+async def test_garbage_upstream_body_is_a_502_in_the_clients_format(fake, gateway):
+    fake.script.append(Behaviour(raw=b"<html>bad gateway page</html>"))
+    async with gateway(config(fake, "openai")) as url:
+        client = anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as info:
+            await client.messages.create(model="gpt-x", max_tokens=20, messages=MESSAGES)
+    assert info.value.status_code == 502 and info.value.body["type"] == "error"
+
+
+async def test_translated_stream_client_disconnect_cancels_upstream(fake, gateway):
+    fake.script.append(Behaviour(chunk_delay=0.05, text=" ".join(["w"] * 80)))
+    async with gateway(config(fake, "openai")) as url:
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "gpt-x", "max_tokens": 20, "stream": True, "messages": MESSAGES}
+            async with http.post(url + "/v1/messages", json=body) as response:
+                await response.content.readline()
+        for _ in range(60):
+            if fake.aborted:
+                break
+            await asyncio.sleep(0.05)
+    assert fake.aborted == 1 and fake.events_sent < 80
+
+
+async def test_ollama_through_the_gateway(fake, gateway):
+    cfg = {"provider": {"ollama": {"url": fake.url}}, "default": {"provider": "ollama"}}
+    async with gateway(cfg) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="client-key", max_retries=0)
+        ids = [m.id async for m in client.models.list()]
+        answer = await client.chat.completions.create(model="llama3.2", messages=MESSAGES)
+        anth = anthropic.AsyncAnthropic(base_url=url, api_key="client-key", max_retries=0)
+        message = await anth.messages.create(model="llama3.2", max_tokens=10, messages=MESSAGES)
+    assert "gpt-fake" in ids and any(r.path == "/api/tags" for r in fake.requests)
+    assert answer.choices[0].message.content == message.content[0].text == "Hello from the fake upstream!"
+    chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert len(chats) == 2 and all(r.header("authorization") is None for r in chats)
