@@ -43,6 +43,10 @@ _EFFORTS = {"none": None, "minimal": "minimal", "low": "low", "medium": "medium"
             "max": "high"}
 _ASSISTANT_ITEMS = frozenset({"function_call", "custom_tool_call", "reasoning"})
 _TOOL_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+#: Records of tools only OpenAI runs: no other model can use them, so they are skipped (debug log).
+_HOSTED_ITEMS = frozenset({"web_search_call", "file_search_call", "image_generation_call", "code_interpreter_call",
+                           "mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_response",
+                           "tool_search_call", "tool_search_output"})
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | None:
@@ -205,6 +209,8 @@ def parse_input(raw: Any, tool_map: ToolMap, tools: list[Any], system: list[Text
             block = _reasoning_block(item)
             if block is not None:
                 turns.add("assistant", [block])
+        elif kind in _HOSTED_ITEMS:
+            log.debug("skipping %s input item: a hosted-tool record", kind)
         elif kind == "item_reference":
             raise InvalidRequestError("'item_reference' input items are not supported; send the items themselves.",
                                       param=f"{where}.type")

@@ -237,6 +237,8 @@ async def test_documented_input_shapes(gateway, local):
                                          {"type": "input_image", "image_url": "https://example.com/cat.jpg"}]},
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A cat."}]},
             {"type": "message", "role": "developer", "content": "Answer in French."},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed",
+             "action": {"type": "search", "query": "cats"}},
             {"role": "user", "content": "Encore?"},
         ])
     seen = local.requests[-1]
