@@ -250,7 +250,7 @@ class Engine:
                 job.pos += n
                 return
             y, logprobs = self._forward(job, mx.array(job.prompt[job.pos :]))
-            mx.async_eval(y, logprobs)
+            mx.async_eval(y, logprobs)  # type: ignore[no-untyped-call]
             job.pos = len(job.prompt)
             job.pending = (y, logprobs)
             job.prefilling = False
@@ -263,7 +263,7 @@ class Engine:
         if more:
             with mx.stream(self._stream):
                 upcoming = self._forward(job, y)
-            mx.async_eval(*upcoming)
+            mx.async_eval(*upcoming)  # type: ignore[no-untyped-call]
         token = int(y.item())
         job.n_out += 1
         job.pending = upcoming if more else None
@@ -312,6 +312,8 @@ class Engine:
         if k:
             ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
             vals = logprobs[ids]
-            pairs = sorted(zip(ids.tolist(), vals.tolist(), strict=True), key=lambda p: -p[1])
+            id_list: list[int] = ids.tolist()  # type: ignore[assignment]
+            val_list: list[float] = vals.tolist()
+            pairs = sorted(zip(id_list, val_list, strict=True), key=lambda p: -p[1])
             entry["top_logprobs"] = [{"token": tok.decode([i]), "id": i, "logprob": v} for i, v in pairs]
         return [entry]

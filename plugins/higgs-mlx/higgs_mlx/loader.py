@@ -185,8 +185,9 @@ def cast_float_params(model: Any, dtype: Any) -> int:
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    changed = []
-    for key, value in tree_flatten(model.parameters()):
+    changed: list[tuple[str, Any]] = []
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    for key, value in flat:
         if mx.issubdtype(value.dtype, mx.floating) and value.dtype != dtype:
             changed.append((key, value.astype(dtype)))
     if changed:

@@ -8,6 +8,7 @@ turned into canonical stream events by an ``OutputParser`` + ``EventBuilder`` (s
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -97,7 +98,7 @@ class MlxProvider(Provider):
             self._register(await asyncio.wrap_future(future))
             return
         for entry in entries:
-            future = self.engine.call(lambda e=entry: self._load_entry(e))
+            future = self.engine.call(functools.partial(self._load_entry, entry))
             self._register(await asyncio.wrap_future(future))
 
     def _load_entry(self, entry: ModelSettings) -> LoadedModel:
