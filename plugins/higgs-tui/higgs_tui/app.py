@@ -75,11 +75,13 @@ class Dashboard(App[None]):
     #status { height: 1; padding: 0 1; background: $boost; }
     #status.down { background: $error 40%; }
     .cards { height: auto; }
+    Screen { overflow: hidden; }
     .card { width: 1fr; height: 5; border: round $primary; padding: 0 1; }
     .spark-label { height: 1; padding: 0 1; color: $text-muted; }
     Sparkline { height: 3; margin: 0 1 1 1; }
     DataTable { height: 1fr; }
-    .engine { height: auto; max-height: 12; }
+    .engine { height: 9; }
+    .table-label { height: 1; padding: 0 1; color: $text-muted; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "show('overview')", "Overview"),
@@ -90,7 +92,8 @@ class Dashboard(App[None]):
         Binding("left,h", "cycle(-1)", "Prev", show=False),
         Binding("right,l", "cycle(1)", "Next", show=False),
         Binding("r", "refresh_now", "Refresh"),
-        Binding("q,ctrl+c", "quit", "Quit", priority=True),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
     def __init__(self, url: str, *, api_key: str | None = None, interval: float = 1.0, title: str = "") -> None:
@@ -121,6 +124,7 @@ class Dashboard(App[None]):
                 yield Sparkline([0], id="spark-latency")
             with TabPane("Models [2]", id="models"), Vertical():
                 yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+                yield Static("engine state (providers' state(), process memory)", classes="table-label")
                 yield DataTable(id="engine-table", cursor_type="row", classes="engine")
             with TabPane("Providers [3]", id="providers"):
                 yield DataTable(id="providers-table", cursor_type="row", zebra_stripes=True)
@@ -132,7 +136,8 @@ class Dashboard(App[None]):
 
     def on_mount(self) -> None:
         self._table("models-table", "MODEL", "REQ 1m", "REQ/s", "p50", "p95", "TTFT p50", "OUT TOK/s", "ERRORS")
-        self._table("engine-table", "PROVIDER", "KIND", "BATCH", "QUEUE", "CACHE", "HIT RATE", "DETAILS")
+        self._table("engine-table", "PROVIDER", "KIND", "BATCH", "QUEUE", "KV CACHE", "PREFIX CACHE", "HIT RATE",
+                    "DETAILS")
         self._table("providers-table", "PROVIDER", "REQ 1m", "REQ/s", "ERRORS", "ERR %", "p50", "p95", "p99",
                     "TTFT p50", "REQ 5m")
         self._table("routing-table", "RULE", "REQ 1m", "SHARE 1m", "REQ 5m", "REQ RETAINED", "ERRORS")
@@ -207,13 +212,14 @@ class Dashboard(App[None]):
         totals = m.get("totals", {})
         lat, ttft = w.get("latency_ms", {}), w.get("ttft_ms", {})
         cards = {
-            "rate": f"[b]{fmt_rate(w.get('request_rate'))}[/b] req/s\n{w.get('requests', 0)} in {WINDOW} · "
-                    f"{totals.get('requests', 0)} total",
-            "latency": f"p50 [b]{fmt_ms(lat.get('p50'))}[/b]\np95 {fmt_ms(lat.get('p95'))} · "
+            "rate": f"[b]{fmt_rate(w.get('request_rate'))}[/b] req/s\n{w.get('requests', 0)} in {WINDOW}\n"
+                    f"{totals.get('requests', 0)} since start",
+            "latency": f"p50 [b]{fmt_ms(lat.get('p50'))}[/b]\np95 {fmt_ms(lat.get('p95'))}\n"
                        f"p99 {fmt_ms(lat.get('p99'))}",
-            "ttft": f"TTFT p50 [b]{fmt_ms(ttft.get('p50'))}[/b]\np95 {fmt_ms(ttft.get('p95'))}",
+            "ttft": f"TTFT p50 [b]{fmt_ms(ttft.get('p50'))}[/b]\np95 {fmt_ms(ttft.get('p95'))}\n"
+                    f"p99 {fmt_ms(ttft.get('p99'))}",
             "tokens": f"[b]{fmt_rate(w.get('output_tokens_per_s'))}[/b] out tok/s\nin {w.get('input_tokens', 0)} · "
-                      f"out {w.get('output_tokens', 0)} · cached {w.get('cached_tokens', 0)}",
+                      f"out {w.get('output_tokens', 0)}\ncached {w.get('cached_tokens', 0)}",
             "errors": f"[b]{w.get('errors', 0)}[/b] errors ({fmt_pct(w.get('error_rate'))})\n"
                       f"local {w.get('local', 0)} · remote {w.get('remote', 0)}",
         }
@@ -244,8 +250,9 @@ class Dashboard(App[None]):
             engine_rows.append(_engine_row(name, state))
         memory = system.get("memory", {})
         if memory:
-            engine_rows.append(("(process)", "memory", "-", "-", fmt_bytes(memory.get("rss_bytes")), "-",
-                                f"peak {fmt_bytes(memory.get('peak_rss_bytes'))}"))
+            engine_rows.append(("(process)", "memory", "-", "-", "-", "-", "-",
+                                f"rss {fmt_bytes(memory.get('rss_bytes'))}, peak "
+                                f"{fmt_bytes(memory.get('peak_rss_bytes'))}"))
         _fill(self.query_one("#engine-table", DataTable), engine_rows)
 
     def _providers(self, m: dict[str, Any]) -> None:
@@ -279,27 +286,33 @@ class Dashboard(App[None]):
         _fill(self.query_one("#errors-table", DataTable), rows)
 
 
+_BATCH_KEYS = ("batch_size", "active_requests", "active", "running", "in_flight")
+_QUEUE_KEYS = ("queue_depth", "queued", "waiting")
+_KV_KEYS = ("kv_cache_bytes", "cache_bytes")
+_PREFIX_KEYS = ("prefix_cache_bytes", "radix_cache_bytes")
+_HIT_KEYS = ("prefix_cache_hit_rate", "cache_hit_rate", "hit_rate")
+_SHOWN = {"local", "format", "url", *_BATCH_KEYS, *_QUEUE_KEYS, *_KV_KEYS, *_PREFIX_KEYS, *_HIT_KEYS}
+
+
 def _engine_row(name: str, state: dict[str, Any]) -> tuple[str, ...]:
-    """Pick the common engine-state keys; everything else goes into DETAILS."""
+    """Pick the common engine-state keys (local engine or remote pool); everything else goes into DETAILS."""
     if "error" in state:
-        return (name, "-", "-", "-", "-", "-", str(state["error"]))
+        return (name, "-", "-", "-", "-", "-", "-", str(state["error"]))
 
-    def pick(*keys: str) -> Any:
-        for key in keys:
-            if key in state:
-                return state[key]
-        return None
+    def pick(keys: tuple[str, ...]) -> Any:
+        return next((state[k] for k in keys if k in state), None)
 
-    batch = pick("batch_size", "active", "running")
-    queue = pick("queue_depth", "queued", "waiting")
-    cache = pick("prefix_cache_bytes", "kv_cache_bytes", "cache_bytes")
-    hit = pick("prefix_cache_hit_rate", "cache_hit_rate", "hit_rate")
-    used = {"local", "batch_size", "active", "running", "queue_depth", "queued", "waiting", "prefix_cache_bytes",
-            "kv_cache_bytes", "cache_bytes", "prefix_cache_hit_rate", "cache_hit_rate", "hit_rate", "format"}
-    details = ", ".join(f"{k}={v}" for k, v in state.items() if k not in used and not isinstance(v, dict | list))
+    batch, queue, hit = pick(_BATCH_KEYS), pick(_QUEUE_KEYS), pick(_HIT_KEYS)
+    details = []
+    for key, value in state.items():
+        if key in _SHOWN or isinstance(value, dict):
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value)) or "-"
+        details.append(f"{key}={value}")
     return (name, "local" if state.get("local") else "remote", "-" if batch is None else str(batch),
-            "-" if queue is None else str(queue), fmt_bytes(cache), fmt_pct(hit) if isinstance(hit, float) else "-",
-            details[:80] or "-")
+            "-" if queue is None else str(queue), fmt_bytes(pick(_KV_KEYS)), fmt_bytes(pick(_PREFIX_KEYS)),
+            fmt_pct(hit) if isinstance(hit, int | float) else "-", ", ".join(details)[:90] or "-")
 
 
 def _fill(table: DataTable[Any], rows: list[tuple[str, ...]]) -> None:

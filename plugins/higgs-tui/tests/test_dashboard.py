@@ -71,7 +71,7 @@ async def test_live_numbers_navigation_reconnect_and_quit():
             models = {r[0]: r for r in rows(app, "#models-table")}
             assert models["tiny"][1] == "4" and models["gpt-x"][7] == "1"
             engine = {r[0]: r for r in rows(app, "#engine-table")}
-            assert engine["higgs"][1] == "local" and "calls=4" in engine["higgs"][6]
+            assert engine["higgs"][1] == "local" and "calls=4" in engine["higgs"][7]
             assert "(process)" in engine
 
             await pilot.press("3")
