@@ -3,7 +3,7 @@ token for token what mlx-lm's own greedy generation answers, through the officia
 streamed and not, with the tokenizer's chat template, with the family's fallback template and 4-bit quantized;
 plus the family knowledge the engine acts on: reasoning tags, the thinking switch and the tool-call syntax.
 
-One server (module scope) serves all 35 models; each model is built in the test with mlx-lm's classes.
+One server (module scope) serves all 46 models; each model is built in the test with mlx-lm's classes.
 """
 
 from __future__ import annotations
