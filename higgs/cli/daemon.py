@@ -164,6 +164,7 @@ def start_daemon(
     if address is not None:
         _check_port(profile, *address)
 
+    _reserve(paths, wait)
     args = list(serve_args)
     if host is not None:
         args += ["--host", host]
@@ -173,13 +174,17 @@ def start_daemon(
         args += ["--config", config]
     env = {**os.environ, STATE_ENV: str(paths.state), "PYTHONUNBUFFERED": "1"}
     paths.state.unlink(missing_ok=True)
-    with open(paths.log, "ab") as log, open(os.devnull, "rb") as devnull:
-        log.write(f"\n--- higgs start {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            serve_command(profile, args), stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, close_fds=True,
-        )
+    try:
+        with open(paths.log, "ab") as log, open(os.devnull, "rb") as devnull:
+            log.write(f"\n--- higgs start {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                serve_command(profile, args), stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, close_fds=True,
+            )
+    except OSError:
+        paths.pid.unlink(missing_ok=True)
+        raise
     write_atomic(paths.pid, f"{proc.pid}\n")
     try:
         return _wait_ready(proc, paths, address, wait)
@@ -187,6 +192,22 @@ def start_daemon(
         if proc.poll() is not None:
             paths.remove()
         raise
+
+
+def _reserve(paths: RuntimePaths, wait: float) -> None:
+    """Create the pid file exclusively, so two ``higgs start`` of one profile cannot both spawn a server.
+
+    An empty pid file is a start in progress; one older than the start timeout was left by a crashed
+    launcher and is taken over.
+    """
+    try:
+        if paths.pid.exists() and paths.pid.read_text().strip() == "" and \
+                time.time() - paths.pid.stat().st_mtime > wait + 10:
+            paths.pid.unlink(missing_ok=True)
+        with open(paths.pid, "x"):
+            pass
+    except FileExistsError as err:
+        raise DaemonError(f"another `higgs start` is starting profile {paths.label} right now ({paths.pid})") from err
 
 
 def _check_port(profile: str | None, host: str, port: int) -> None:
