@@ -380,3 +380,12 @@ def test_output_after_an_opened_reasoning_block_is_reasoning(model_dirs, oai, cl
         final = events.get_final_message()
     assert [block.type for block in final.content] == ["thinking"]
     assert final.content[0].thinking == reference.text
+
+
+@pytest.mark.parametrize("variant", ["", "-bare"], ids=["own-template", "fallback"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_count_tokens_is_the_rendered_prompt_length(model_dirs, claude, model_type, variant):
+    name = f"{model_type}{variant}"
+    reference = expected(model_dirs, name)
+    counted = claude.messages.count_tokens(model=name, system=SYSTEM, messages=[{"role": "user", "content": QUESTION}])
+    assert counted.input_tokens == len(reference.prompt_tokens)
