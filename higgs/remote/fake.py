@@ -89,6 +89,8 @@ class FakeUpstream:
         """The aiohttp application."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai_chat)
+        app.router.add_post("/v1/completions", self._openai_completions)
+        app.router.add_post("/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_post("/v1/messages/count_tokens", self._anthropic_count)
         app.router.add_get("/v1/models", self._models)
@@ -222,6 +224,38 @@ class FakeUpstream:
         events.append(b"data: [DONE]\n\n")
         error = {"error": {"message": "fake mid-stream failure", "type": "server_error", "param": None, "code": None}}
         return await self._stream(request, events, behaviour, f"data: {json.dumps(error)}\n\n".encode())
+
+    async def _openai_completions(self, request: web.Request) -> web.StreamResponse:
+        behaviour, raw = await self._begin(request)
+        if behaviour.status >= 400:
+            return self._json(self._error(behaviour, False), behaviour.status, behaviour.headers)
+        body = json.loads(raw)
+        model, text, created = body.get("model", "unknown"), behaviour.text or self.text, int(time.time())
+        usage = {"prompt_tokens": 3, "completion_tokens": len(text.split()), "total_tokens": 3 + len(text.split())}
+        if not body.get("stream"):
+            return self._json({"id": "cmpl-fake", "object": "text_completion", "created": created, "model": model,
+                               "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                               "usage": usage})
+
+        def chunk(piece: str, finish: str | None) -> bytes:
+            payload = {"id": "cmpl-fake", "object": "text_completion", "created": created, "model": model,
+                       "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}]}
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        events = [chunk(word, None) for word in self._words(text)] + [chunk("", "stop"), b"data: [DONE]\n\n"]
+        return await self._stream(request, events, behaviour)
+
+    async def _openai_embeddings(self, request: web.Request) -> web.Response:
+        behaviour, raw = await self._begin(request)
+        if behaviour.status >= 400:
+            return self._json(self._error(behaviour, False), behaviour.status, behaviour.headers)
+        body = json.loads(raw)
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = [{"object": "embedding", "index": i, "embedding": [float(len(str(t))), 0.5, -0.25]}
+                for i, t in enumerate(texts)]
+        return self._json({"object": "list", "data": data, "model": body.get("model", "unknown"),
+                           "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)}})
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._begin(request)

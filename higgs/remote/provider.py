@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -20,8 +20,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from higgs.config import LOCAL_PROVIDER, ProviderSettings
 from higgs.errors import ApiError, ConfigError, ProviderError
-from higgs.interfaces import CallContext, Provider, ProviderContext, RawRequest, RawResponse, WireFormat
-from higgs.messages import ChatRequest, ChatResponse, ErrorInfo, ModelInfo, StreamError, StreamEvent, StreamFinish
+from higgs.interfaces import (
+    CallContext,
+    Provider,
+    ProviderContext,
+    RawRequest,
+    RawResponse,
+    UpstreamCall,
+    WireFormat,
+)
+from higgs.messages import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorInfo,
+    ModelInfo,
+    StreamError,
+    StreamEvent,
+    StreamFinish,
+)
 from higgs.remote.estimate import estimate_chat
 from higgs.remote.headers import (
     REQUEST_DROP,
@@ -33,6 +53,9 @@ from higgs.remote.headers import (
     same_secret,
 )
 from higgs.remote.sse import stream_error_bytes
+
+_Req = TypeVar("_Req", ChatRequest, CompletionRequest, EmbeddingRequest)
+_Resp = TypeVar("_Resp")
 
 #: Statuses worth another attempt (here or at a fallback provider).
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
@@ -259,6 +282,48 @@ class RemoteProvider(Provider):
     async def chat(self, request: ChatRequest, call: CallContext) -> ChatResponse:
         """Translate a chat request to the upstream's format and its answer back."""
         upstream = self.format.build_upstream_chat(self._prepare(request, call, stream=False))
+        return await self._request_json(upstream, self.format.parse_upstream_chat, call)
+
+    def chat_stream(self, request: ChatRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
+        """Translate a streamed chat: upstream stream bytes -> canonical events, one chunk at a time."""
+        upstream = self.format.build_upstream_chat(self._prepare(request, call, stream=True))
+        return self._request_stream(upstream, self.format.parse_upstream_chat_stream, call)
+
+    async def complete(self, request: CompletionRequest, call: CallContext) -> CompletionResponse:
+        """Translate a text completion (for upstream formats that have one)."""
+        upstream = self._build(self.format.build_upstream_completion, self._retarget(request, call, False),
+                               "text completions")
+        return await self._request_json(upstream, self.format.parse_upstream_completion, call)
+
+    def complete_stream(self, request: CompletionRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
+        """Translate a streamed text completion."""
+        upstream = self._build(self.format.build_upstream_completion, self._retarget(request, call, True),
+                               "streaming text completions")
+        return self._request_stream(upstream, self.format.parse_upstream_completion_stream, call)
+
+    async def embed(self, request: EmbeddingRequest, call: CallContext) -> EmbeddingResponse:
+        """Translate an embeddings request (for upstream formats that have one)."""
+        upstream = self._build(self.format.build_upstream_embedding, self._retarget(request, call, None),
+                               "embeddings")
+        return await self._request_json(upstream, self.format.parse_upstream_embedding, call)
+
+    def _retarget(self, request: _Req, call: CallContext, stream: bool | None) -> _Req:
+        update: dict[str, Any] = {}
+        if call.route.model and call.route.model != request.model:
+            update["model"] = call.route.model
+        if stream is not None:
+            update["stream"] = stream
+            update["include_usage"] = stream or getattr(request, "include_usage", False)
+        return request.model_copy(update=update) if update else request
+
+    def _build(self, builder: Callable[[_Req], UpstreamCall], request: _Req, what: str) -> UpstreamCall:
+        try:
+            return builder(request)
+        except NotImplementedError as err:
+            raise self._unsupported(what) from err
+
+    async def _request_json(self, upstream: UpstreamCall, parse: Callable[[Any], _Resp], call: CallContext) -> _Resp:
+        """POST ``upstream`` and parse the JSON answer; errors become ``ProviderError``."""
         self.in_flight += 1
         self.requests += 1
         try:
@@ -271,16 +336,18 @@ class RemoteProvider(Provider):
                 if response.status >= 400:
                     raise await self.upstream_error(response, call, body)
             try:
-                return self.format.parse_upstream_chat(json.loads(body))
-            except (ValueError, ValidationError) as err:
+                return parse(json.loads(body))
+            except (ValueError, ValidationError, ApiError, KeyError, TypeError) as err:
                 raise ProviderError(502, "api_error", f"Provider '{self.name}' sent an unreadable response.",
                                     retryable=True) from err
         finally:
             self.in_flight -= 1
 
-    async def chat_stream(self, request: ChatRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
-        """Translate a streamed chat: upstream stream bytes -> canonical events, one chunk at a time."""
-        upstream = self.format.build_upstream_chat(self._prepare(request, call, stream=True))
+    async def _request_stream(self, upstream: UpstreamCall,
+                              parse: Callable[[AsyncIterator[bytes]], AsyncIterator[StreamEvent]],
+                              call: CallContext) -> AsyncIterator[StreamEvent]:
+        """POST ``upstream`` and parse its stream incrementally; failures after the first event end the
+        stream with a ``StreamError``, failures before it raise (so the gateway can fall back)."""
         self.in_flight += 1
         self.requests += 1
         response: aiohttp.ClientResponse | None = None
@@ -292,15 +359,18 @@ class RemoteProvider(Provider):
             sent_any = False
             ended = False
             try:
-                async for event in self.format.parse_upstream_chat_stream(_chunks(response)):
+                async for event in parse(_chunks(response)):
                     ended = ended or isinstance(event, StreamFinish | StreamError)
                     sent_any = True
                     yield event
-            except (TimeoutError, *_NETWORK_ERRORS) as err:
+            except (TimeoutError, *_NETWORK_ERRORS, ValueError, ValidationError, ApiError) as err:
+                error = (self._network_error(err) if isinstance(err, (TimeoutError, *_NETWORK_ERRORS)) else
+                         ProviderError(502, "api_error", f"Provider '{self.name}' sent an unreadable stream.",
+                                       retryable=True))
                 if not sent_any:
-                    raise self._network_error(err) from err
+                    raise error from err
                 self.log.warning("upstream stream failed mid-way: %s", type(err).__name__)
-                yield StreamError(error=self._network_error(err).info)
+                yield StreamError(error=error.info)
                 ended = True
             if not ended:
                 if not sent_any:

@@ -227,3 +227,23 @@ def test_configuration_errors(make_provider):
         make_provider(format="nope")
     with pytest.raises(ConfigError, match="url"):
         make_provider(url="localhost:8080")
+
+
+async def test_text_completions_and_embeddings_translate(fake, make_provider):
+    from higgs.messages import CompletionRequest, EmbeddingRequest
+
+    provider = make_provider()
+    done = await provider.complete(CompletionRequest(model="alias", prompt=["Once"]), call("ollama"))
+    assert done.choices[0].text == "Hello from the fake upstream!" and fake.requests[-1].json()["model"] == "gpt-up"
+    events = [e async for e in provider.complete_stream(CompletionRequest(model="a", prompt=["x"]), call("ollama"))]
+    assert isinstance(events[-1], StreamFinish)
+    assert "".join(e.delta.text for e in events if e.type == "block_delta") == "Hello from the fake upstream!"
+    vectors = await provider.embed(EmbeddingRequest(model="alias", input=["ab", "abcd"]), call("ollama"))
+    assert vectors.data == [[2.0, 0.5, -0.25], [4.0, 0.5, -0.25]] and fake.requests[-1].path == "/v1/embeddings"
+
+
+async def test_garbage_body_is_a_retryable_502(fake, make_provider):
+    fake.script.append(Behaviour(raw=b"[1, 2, 3]"))
+    with pytest.raises(ProviderError) as info:
+        await make_provider().chat(chat_request(), call())
+    assert info.value.status == 502 and info.value.retryable
