@@ -389,3 +389,16 @@ def test_count_tokens_is_the_rendered_prompt_length(model_dirs, claude, model_ty
     reference = expected(model_dirs, name)
     counted = claude.messages.count_tokens(model=name, system=SYSTEM, messages=[{"role": "user", "content": QUESTION}])
     assert counted.input_tokens == len(reference.prompt_tokens)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_text_completions_match_mlx_lm(model_dirs, oai, model_type):
+    prompt = "def fibonacci(n):"
+    reference = reference_generate(model_dirs[f"{model_type}-bare"], prompt=prompt, max_tokens=MAX_TOKENS)
+    response = oai.completions.create(model=f"{model_type}-bare", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+    assert response.choices[0].text == reference.text
+    assert response.usage is not None
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (
+        len(reference.prompt_tokens),
+        MAX_TOKENS,
+    )
