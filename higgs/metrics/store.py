@@ -8,6 +8,7 @@ histograms) are never pruned: a scraper computes its own rates from them.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import time
 from collections import Counter, deque
@@ -249,7 +250,7 @@ class MetricsStore:
             "windows": {name: summarize(window_samples[name], spans[name]) for name in windows},
         }
         for group in GROUPS:
-            body[f"by_{group}"] = _grouped(window_samples, spans, lambda s, g=group: getattr(s, g))
+            body[f"by_{group}"] = _grouped(window_samples, spans, operator.attrgetter(group))
         body["by_format"] = _grouped(window_samples, spans, lambda s: f"{s.format_in}->{s.format_out or '-'}")
         body["series"] = series(samples, now, min(self.retention_s, max(uptime, 60.0)), bucket_s)
         with self._lock:

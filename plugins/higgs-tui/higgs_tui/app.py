@@ -9,6 +9,7 @@ stale and retries, so the dashboard survives a server restart.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult
@@ -315,7 +316,7 @@ def _engine_row(name: str, state: dict[str, Any]) -> tuple[str, ...]:
             fmt_pct(hit) if isinstance(hit, int | float) else "-", ", ".join(details)[:90] or "-")
 
 
-def _fill(table: DataTable[Any], rows: list[tuple[str, ...]]) -> None:
+def _fill(table: DataTable[Any], rows: Sequence[Sequence[str]]) -> None:
     """Replace a table's rows, keeping the cursor where it was."""
     cursor = table.cursor_row
     table.clear()
