@@ -225,7 +225,8 @@ class RemoteProvider(Provider):
             except (TimeoutError, aiohttp.ClientError, OSError) as err:
                 if last:
                     raise self._network_error(err) from err
-                self.log.info("%s %s failed (%s); retrying", method, url, type(err).__name__)
+                # The path only: a query string may carry a key.
+                self.log.info("%s %s failed (%s); retrying", method, url.split("?", 1)[0], type(err).__name__)
                 await asyncio.sleep(self.options.retry_backoff * 2**attempt)
                 continue
             if response.status not in RETRYABLE or last:
@@ -424,7 +425,9 @@ class RemoteProvider(Provider):
             raise
         if response.status in RETRYABLE and self._has_fallback(call):
             self.in_flight -= 1
-            raise await self.upstream_error(response, call)
+            error = await self.upstream_error(response, call)
+            response.release()
+            raise error
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         out_headers = filter_headers(raw_headers, RESPONSE_DROP)
         is_stream = response.content_type == "text/event-stream"
@@ -438,21 +441,38 @@ class RemoteProvider(Provider):
                 response.release()
                 self.in_flight -= 1
             return RawResponse(response.status, out_headers, _once(body))
-        return RawResponse(response.status, out_headers, self._relay(response, call), close=_closer(response))
+        return self._relay(response)
 
-    async def _relay(self, response: aiohttp.ClientResponse, call: CallContext) -> AsyncIterator[bytes]:
-        finished = False
-        try:
+    def _relay(self, response: aiohttp.ClientResponse) -> RawResponse:
+        """A streamed pass-through body plus a ``close`` that is safe whether or not the body was consumed."""
+        open_ = [True]
+
+        def finish(clean: bool) -> None:
+            if open_[0]:
+                open_[0] = False
+                self.in_flight -= 1
+                # A stream cut short (client gone, error) must not go back to the pool half-read.
+                response.release() if clean else response.close()
+
+        async def body() -> AsyncIterator[bytes]:
+            clean = False
             try:
-                async for chunk in response.content.iter_any():
-                    yield chunk
-            except (TimeoutError, *_NETWORK_ERRORS) as err:
-                self.log.warning("upstream stream failed mid-way: %s", type(err).__name__)
-                yield stream_error_bytes(self.format, self._network_error(err).info)
-            finished = True
-        finally:
-            self.in_flight -= 1
-            response.release() if finished else response.close()
+                try:
+                    async for chunk in response.content.iter_any():
+                        yield chunk
+                except (TimeoutError, *_NETWORK_ERRORS) as err:
+                    self.log.warning("upstream stream of provider '%s' failed mid-way: %s", self.name,
+                                     type(err).__name__)
+                    yield stream_error_bytes(self.format, self._network_error(err).info)
+                clean = True
+            finally:
+                finish(clean)
+
+        async def close() -> None:
+            finish(False)
+
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        return RawResponse(response.status, filter_headers(raw_headers, RESPONSE_DROP), body(), close=close)
 
     def _local_count(self, raw: RawRequest, call: CallContext) -> RawResponse:
         try:
@@ -501,9 +521,3 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
-
-def _closer(response: aiohttp.ClientResponse) -> Any:
-    async def close() -> None:
-        response.close()
-
-    return close

@@ -247,3 +247,13 @@ async def test_garbage_body_is_a_retryable_502(fake, make_provider):
     with pytest.raises(ProviderError) as info:
         await make_provider().chat(chat_request(), call())
     assert info.value.status == 502 and info.value.retryable
+
+
+async def test_passthrough_stream_closed_unread_releases_everything(fake, make_provider):
+    provider = make_provider()
+    response = await provider.passthrough(raw_request({"model": "m", "stream": True}), call("openai"))
+    assert provider.in_flight == 1
+    assert response.close is not None
+    await response.close()
+    await response.close()  # idempotent
+    assert provider.in_flight == 0
