@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,7 @@ def _line_end(buffer: str, start: int) -> tuple[int, int] | None:
     return r, r + 1
 
 
-async def iter_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
+async def iter_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[SSEEvent, None]:
     """Parse an async byte iterator (e.g. ``response.content.iter_any()``) into events as they complete."""
     parser = SSEParser()
     async for chunk in chunks:
@@ -149,7 +149,7 @@ async def iter_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
         yield event
 
 
-async def iter_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
+async def iter_data(chunks: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
     """Only the ``data`` of each event, for streams that do not name their events (OpenAI)."""
     async for event in iter_events(chunks):
         yield event.data

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from higgs.errors import ApiError
@@ -102,6 +103,8 @@ async def render_stream(
 
     try:
         async for event in events:
+            if finished:
+                continue  # drain, so the provider's generator ends by itself and runs its cleanup
             if isinstance(event, StreamStart):
                 if not started:
                     started = True
@@ -143,19 +146,22 @@ async def render_stream(
                                                          "stop_sequence": event.stop_sequence},
                                                "usage": usage_json(event.usage)})
                 yield _event("message_stop", {})
-                break
             elif isinstance(event, StreamError):
                 finished = True
                 yield _event("error", _error_payload(render_error(event.error)))
-                break
-    except ApiError as err:
-        finished = True
-        yield _event("error", _error_payload(render_error(err.info)))
     except Exception as err:
-        log.exception("stream failed", exc_info=err)
+        if finished:
+            log.debug("provider failed after its stream finished: %r", err)
+            return
         finished = True
-        yield _event("error", _error_payload(render_error(
-            ErrorInfo(status=500, kind="api_error", message="The stream failed inside higgs."))))
+        if isinstance(err, ApiError):
+            info = err.info
+        else:
+            log.exception("stream failed", exc_info=err)
+            info = ErrorInfo(status=500, kind="api_error", message="The stream failed inside higgs.")
+        if not started:
+            yield message_start(None)
+        yield _event("error", _error_payload(render_error(info)))
     if not finished:
         if not started:
             yield message_start(None)
@@ -185,47 +191,48 @@ async def parse_stream(
     stop: StopReason | None = None
     stop_sequence: str | None = None
     started = False
-    async for sse in iter_events(chunks):
-        try:
-            data = json.loads(sse.data)
-        except ValueError:
-            log.debug("skipping a non-JSON stream event: %.80r", sse.data)
-            continue
-        if not isinstance(data, dict):
-            continue
-        kind = data.get("type") or sse.event
-        if kind == "message_start":
-            message = data.get("message") or {}
-            usage = parse_usage(message.get("usage"))
-            started = True
-            yield StreamStart(id=str(message.get("id") or new_id("msg")), model=str(message.get("model") or ""),
-                              usage=usage)
-        elif kind == "content_block_start":
-            raw = data.get("content_block") or {}
-            index = int(data.get("index", 0))
-            yield BlockStart(index=index, block=_start_block(raw))
-            initial = _initial_delta(_start_block(raw, keep=True))
-            if initial is not None and not isinstance(initial, ToolArgsDelta):
-                yield BlockDelta(index=index, delta=initial)
-        elif kind == "content_block_delta":
-            delta = _parse_delta(data.get("delta") or {})
-            if delta is not None:
-                yield BlockDelta(index=int(data.get("index", 0)), delta=delta)
-        elif kind == "content_block_stop":
-            yield BlockStop(index=int(data.get("index", 0)))
-        elif kind == "message_delta":
-            delta = data.get("delta") or {}
-            stop = stop_reason(delta.get("stop_reason")) or stop
-            if isinstance(delta.get("stop_sequence"), str):
-                stop_sequence = delta["stop_sequence"]
-            usage = parse_usage(data.get("usage"), usage)
-        elif kind == "message_stop":
-            yield StreamFinish(stop_reason=stop or "end_turn", stop_sequence=stop_sequence, usage=usage)
-            return
-        elif kind == "error":
-            yield StreamError(error=error_info(data))
-            return
-        # ping and event types added later are ignored
+    async with aclosing(iter_events(chunks)) as sse_events:
+        async for sse in sse_events:
+            try:
+                data = json.loads(sse.data)
+            except ValueError:
+                log.debug("skipping a non-JSON stream event: %.80r", sse.data)
+                continue
+            if not isinstance(data, dict):
+                continue
+            kind = data.get("type") or sse.event
+            if kind == "message_start":
+                message = data.get("message") or {}
+                usage = parse_usage(message.get("usage"))
+                started = True
+                yield StreamStart(id=str(message.get("id") or new_id("msg")), model=str(message.get("model") or ""),
+                                  usage=usage)
+            elif kind == "content_block_start":
+                raw = data.get("content_block") or {}
+                index = int(data.get("index", 0))
+                yield BlockStart(index=index, block=_start_block(raw))
+                initial = _initial_delta(_start_block(raw, keep=True))
+                if initial is not None and not isinstance(initial, ToolArgsDelta):
+                    yield BlockDelta(index=index, delta=initial)
+            elif kind == "content_block_delta":
+                delta = _parse_delta(data.get("delta") or {})
+                if delta is not None:
+                    yield BlockDelta(index=int(data.get("index", 0)), delta=delta)
+            elif kind == "content_block_stop":
+                yield BlockStop(index=int(data.get("index", 0)))
+            elif kind == "message_delta":
+                delta = data.get("delta") or {}
+                stop = stop_reason(delta.get("stop_reason")) or stop
+                if isinstance(delta.get("stop_sequence"), str):
+                    stop_sequence = delta["stop_sequence"]
+                usage = parse_usage(data.get("usage"), usage)
+            elif kind == "message_stop":
+                yield StreamFinish(stop_reason=stop or "end_turn", stop_sequence=stop_sequence, usage=usage)
+                return
+            elif kind == "error":
+                yield StreamError(error=error_info(data))
+                return
+            # ping and event types added later are ignored
     message = "The upstream stream ended before message_stop." if started else "The upstream sent an empty stream."
     yield StreamError(error=ErrorInfo(status=502, kind="api_error", message=message))
 

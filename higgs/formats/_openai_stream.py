@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from higgs.errors import ApiError
@@ -70,6 +71,8 @@ async def render_stream(
 
     try:
         async for event in events:
+            if finished:
+                continue  # drain, so the provider's generator ends by itself and runs its cleanup
             if isinstance(event, StreamStart):
                 chunk_id, model, created = event.id, event.model or fallback_model, event.created
                 started = True
@@ -106,21 +109,22 @@ async def render_stream(
                     yield encode_json({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
                                        "model": model, "system_fingerprint": None, "choices": [],
                                        "usage": usage_json(event.usage)})
-                break
+                yield DONE
             elif isinstance(event, StreamError):
                 finished = True
                 yield encode_json(render_error(event.error))
-                break
-    except ApiError as err:
-        finished = True
-        yield encode_json(render_error(err.info))
+                yield DONE
     except Exception as err:
+        if finished:
+            log.debug("provider failed after its stream finished: %r", err)
+            return
         finished = True
         yield encode_json(render_error(_error_from_exception(err)))
+        yield DONE
     if not finished:
         yield encode_json(render_error(ErrorInfo(status=502, kind="api_error",
                                                  message="The upstream stream ended before it finished.")))
-    yield DONE
+        yield DONE
 
 
 class _ChunkParser:
@@ -222,23 +226,24 @@ def upstream_error_info(data: dict[str, Any]) -> ErrorInfo:
 async def parse_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
     """Canonical events from an upstream OpenAI chat stream, one SSE event at a time."""
     state = _ChunkParser()
-    async for sse in iter_events(chunks):
-        if sse.data.strip() == "[DONE]":
-            for event in state.finish():
+    async with aclosing(iter_events(chunks)) as sse_events:
+        async for sse in sse_events:
+            if sse.data.strip() == "[DONE]":
+                for event in state.finish():
+                    yield event
+                return
+            try:
+                data = json.loads(sse.data)
+            except ValueError:
+                log.debug("skipping a non-JSON stream event: %.80r", sse.data)
+                continue
+            if not isinstance(data, dict):
+                continue
+            if "error" in data or sse.event == "error":
+                yield StreamError(error=upstream_error_info(data))
+                return
+            for event in state.chunk(data):
                 yield event
-            return
-        try:
-            data = json.loads(sse.data)
-        except ValueError:
-            log.debug("skipping a non-JSON stream event: %.80r", sse.data)
-            continue
-        if not isinstance(data, dict):
-            continue
-        if "error" in data or sse.event == "error":
-            yield StreamError(error=upstream_error_info(data))
-            return
-        for event in state.chunk(data):
-            yield event
     if state.started and state.stop is not None:
         # Some servers end after the finish_reason (and usage) chunks without ``[DONE]``.
         for event in state.finish():

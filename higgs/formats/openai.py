@@ -12,6 +12,7 @@ import math
 import sys
 from array import array
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from higgs.errors import ApiError, InvalidRequestError
@@ -247,6 +248,8 @@ class OpenAIFormat(WireFormat):
 
         try:
             async for event in events:
+                if finished:
+                    continue  # drain, so the provider's generator ends by itself and runs its cleanup
                 if isinstance(event, StreamStart):
                     chunk_id, model, created = event.id, event.model or request.model, event.created
                 elif isinstance(event, BlockDelta) and isinstance(event.delta, TextDelta):
@@ -261,18 +264,21 @@ class OpenAIFormat(WireFormat):
                                            "model": model, "choices": [],
                                            "usage": {k: usage[k] for k in
                                                      ("prompt_tokens", "completion_tokens", "total_tokens")}})
-                    break
+                    yield streams.DONE
                 elif isinstance(event, StreamError):
                     finished = True
                     yield encode_json(self.render_error(event.error)[1])
-                    break
+                    yield streams.DONE
         except Exception as err:
+            if finished:
+                return
             finished = True
             yield encode_json(self.render_error(streams._error_from_exception(err))[1])
+            yield streams.DONE
         if not finished:
             yield encode_json(self.render_error(ErrorInfo(status=502, kind="api_error",
                                                           message="The stream ended before it finished."))[1])
-        yield streams.DONE
+            yield streams.DONE
 
     def parse_embedding(self, body: dict[str, Any]) -> EmbeddingRequest:
         """Parse a ``/v1/embeddings`` body."""
@@ -382,33 +388,34 @@ class OpenAIFormat(WireFormat):
     async def parse_upstream_completion_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
         """Canonical events from a completion stream: one ``BlockDelta`` per text chunk, index = choice."""
         started, stop, usage = False, None, Usage()
-        async for sse in iter_events(chunks):
-            if sse.data.strip() == "[DONE]":
-                break
-            try:
-                data = json.loads(sse.data)
-            except ValueError:
-                continue
-            if not isinstance(data, dict):
-                continue
-            if "error" in data:
-                yield StreamError(error=error_info_from_body(data, None))
-                return
-            if not started:
-                started = True
-                yield StreamStart(id=str(data.get("id") or new_id("cmpl")), model=str(data.get("model") or ""))
-            if isinstance(data.get("usage"), dict):
-                usage = answers.parse_usage(data["usage"])
-            for choice in data.get("choices") or []:
-                if choice.get("text"):
-                    yield BlockDelta(index=int(choice.get("index", 0)), delta=TextDelta(text=choice["text"]))
-                if choice.get("finish_reason"):
-                    stop = answers.FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
-        else:
-            if stop is None:
-                yield StreamError(error=ErrorInfo(status=502, kind="api_error",
-                                                  message="The upstream stream ended before it finished."))
-                return
+        async with aclosing(iter_events(chunks)) as sse_events:
+            async for sse in sse_events:
+                if sse.data.strip() == "[DONE]":
+                    break
+                try:
+                    data = json.loads(sse.data)
+                except ValueError:
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                if "error" in data:
+                    yield StreamError(error=error_info_from_body(data, None))
+                    return
+                if not started:
+                    started = True
+                    yield StreamStart(id=str(data.get("id") or new_id("cmpl")), model=str(data.get("model") or ""))
+                if isinstance(data.get("usage"), dict):
+                    usage = answers.parse_usage(data["usage"])
+                for choice in data.get("choices") or []:
+                    if choice.get("text"):
+                        yield BlockDelta(index=int(choice.get("index", 0)), delta=TextDelta(text=choice["text"]))
+                    if choice.get("finish_reason"):
+                        stop = answers.FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
+            else:
+                if stop is None:
+                    yield StreamError(error=ErrorInfo(status=502, kind="api_error",
+                                                      message="The upstream stream ended before it finished."))
+                    return
         yield StreamFinish(stop_reason=stop or "end_turn", usage=usage)
 
     def build_upstream_embedding(self, request: EmbeddingRequest) -> UpstreamCall:
