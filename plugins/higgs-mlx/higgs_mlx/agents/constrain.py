@@ -223,10 +223,10 @@ class RegexConstraint:
         self._recent: list[int] = []
         if max_tokens is not None:
             need = compiled.distances().get(self.guide.get_state())
-            if need is None or need > max_tokens:
+            if need is None or need + 1 > max_tokens:
                 raise InvalidRequestError(
                     f"max_tokens={max_tokens} is too small for the requested output format "
-                    f"(the shortest valid output needs {need} tokens).", param="max_tokens")
+                    f"(the shortest valid output needs {need} tokens and an end token).", param="max_tokens")
 
     def _first_call(self, prompt: list[int]) -> None:
         """Start after the reasoning block when the prompt opened one."""
@@ -282,7 +282,8 @@ class RegexConstraint:
         vocab = self.compiled.vocab
         final = self.guide.is_finished() or self.compiled.index.is_final_state(self.guide.get_state())
         if not self.guide.is_finished():
-            remaining = None if self.max_tokens is None else self.max_tokens - self.generated
+            # one token is kept for EOS, so a complete output ends naturally (end_turn / tool_use), not by length
+            remaining = None if self.max_tokens is None else self.max_tokens - self.generated - 1
             if remaining is not None and remaining - 1 < self.compiled.max_dist + 1:
                 self.compiled.distances()
                 toks = self.compiled.tokens_within(self.guide.get_state(), max(remaining - 1, 0))
