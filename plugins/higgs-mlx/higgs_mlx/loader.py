@@ -42,6 +42,7 @@ class LoadedModel:
     eos_ids: set[int] = field(default_factory=set)
     context_length: int | None = None
     aliases: tuple[str, ...] = ()
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_chat_template(self) -> bool:
@@ -229,6 +230,24 @@ def load_model_dir(path: Path, architectures: Mapping[str, ArchitectureSpec], *,
         token_id = tokenizer.convert_tokens_to_ids(token)
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
             eos_ids.add(token_id)
+    defaults = read_sampling_defaults(path)
     ctx_len = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
     return LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer, config=config, arch=arch,
-                       eos_ids=eos_ids, context_length=int(ctx_len) if ctx_len else None, aliases=aliases)
+                       eos_ids=eos_ids, context_length=int(ctx_len) if ctx_len else None, aliases=aliases,
+                       sampling_defaults=defaults)
+
+
+#: Sampling fields a model's ``generation_config.json`` may suggest.
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def read_sampling_defaults(path: Path) -> dict[str, Any]:
+    """The model's suggested sampling from ``generation_config.json`` (greedy when it says ``do_sample: false``
+    or suggests nothing; a broken file counts as no suggestion)."""
+    try:
+        gen = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(gen, dict) or not gen.get("do_sample"):
+        return {}
+    return {k: gen[k] for k in _SAMPLING_KEYS if isinstance(gen.get(k), (int, float)) and not isinstance(gen[k], bool)}

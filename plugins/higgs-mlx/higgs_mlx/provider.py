@@ -173,8 +173,13 @@ class MlxProvider(Provider):
         from higgs_mlx.sampling import RequestSampler, make_processors, validate
 
         validate(sampling, int(lm.config.get("vocab_size") or len(lm.tokenizer)))
+        # Fields the client left out: the model's generation_config.json suggestion, else greedy (as
+        # mlx_lm.server does), so a bare request to a small local model answers deterministically.
+        missing = {k: v for k, v in lm.sampling_defaults.items() if getattr(sampling, k, None) is None}
+        if missing:
+            sampling = sampling.model_copy(update=missing)
         return {
-            "sampler": RequestSampler(sampling),
+            "sampler": RequestSampler(sampling, default_temperature=0.0),
             "processors": make_processors(sampling),
             "top_logprobs": (sampling.top_logprobs or 0) if sampling.logprobs else None,
         }

@@ -304,3 +304,31 @@ async def test_state_reports_active_requests_and_kv_bytes(provider):
     await stream.aclose()
     assert state["active_requests"] == 1 and state["kv_cache_bytes"] > 0
     assert state["models"] == ["tiny", "raw", "plain"]
+
+
+async def test_default_sampling_is_greedy_unless_the_model_suggests_otherwise(provider):
+    bare = ChatRequest(model="tiny", max_tokens=16, messages=[Message(role="user", content=[TextBlock(text="hi")])])
+    greedy = chat(text="hi", max_tokens=16)
+    assert (await provider.chat(bare, call_context())).content[0].text == \
+        (await provider.chat(greedy, call_context())).content[0].text
+    # A generation_config.json that asks for sampling is honoured for the fields the client left out.
+    lm = provider.model("tiny")
+    lm.sampling_defaults = {"temperature": 1.0, "top_k": 50}
+    seeded = bare.model_copy(update={"sampling": Sampling(seed=11)})
+    sampled = (await provider.chat(seeded, call_context())).content[0].text
+    assert sampled == (await provider.chat(seeded, call_context())).content[0].text
+    assert sampled != (await provider.chat(greedy, call_context())).content[0].text
+
+
+def test_generation_config_sampling_defaults(tmp_path):
+    import json
+
+    from higgs_mlx.loader import read_sampling_defaults
+
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "eos_token_id": 2}))
+    assert read_sampling_defaults(tmp_path) == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
+    assert read_sampling_defaults(tmp_path) == {}
+    (tmp_path / "generation_config.json").write_text("{broken")
+    assert read_sampling_defaults(tmp_path) == {}
