@@ -78,6 +78,10 @@ class Router(ABC):
         """Human-readable lines describing this strategy's rules (for ``higgs route``)."""
         return []
 
+    def list_models(self) -> list[ModelInfo]:
+        """Model names this strategy makes available itself (route aliases) for ``/v1/models``."""
+        return []
+
 
 # --------------------------------------------------------------------------------------------------
 # Providers

@@ -108,6 +108,7 @@ class PatternRouter(Router):
 
     def __init__(self, settings: HiggsSettings, services: Any = None) -> None:
         self._services = services
+        self._settings = settings
         providers = provider_map(services)
         self.routes = [_compile(i, route, providers) for i, route in enumerate(settings.routes)]
 
@@ -126,6 +127,10 @@ class PatternRouter(Router):
         order = route.balancer.order() + route.fallback
         return RouteDecision(providers=order, model=route.model or query.model, rule=f"pattern:{route.label}",
                              method="pattern")
+
+    def list_models(self) -> list[ModelInfo]:
+        """Route aliases (literal patterns that rewrite the model) for ``/v1/models``."""
+        return alias_models(self._settings)
 
     def explain(self) -> list[str]:
         """One line per route, in file order."""

@@ -307,6 +307,9 @@ class Gateway:
                 continue
             for model in result:
                 seen.setdefault(model.id, model)
+        for router in self.routers:  # route aliases
+            for model in router.list_models():
+                seen.setdefault(model.id, model)
         return web.json_response(fmt.render_models(list(seen.values())))
 
 

@@ -181,3 +181,13 @@ async def test_anthropic_529_maps_to_503_for_openai_clients(fake, gateway):
             await client.chat.completions.create(model="claude-x", messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 503
     assert json.loads(info.value.response.text)["error"]["message"]
+
+
+async def test_models_lists_route_aliases(fake, gateway):
+    cfg = {**config(fake, models=["gpt-real"]), "routes": [
+        {"pattern": "^alias$", "provider": "up", "model": "gpt-real"},
+        {"pattern": "gpt-.*", "provider": "up"}]}
+    async with gateway(cfg) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        models = {m.id: m.owned_by async for m in client.models.list()}
+    assert models == {"gpt-real": "up", "alias": "up"}
