@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fmt_helpers import aiter_bytes, aiter_list, collect, split_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -107,3 +108,20 @@ async def test_openai_stream_any_chunking(events, cuts):
     resp = accumulate(parsed)
     assert _merge_text(resp.content) == _merge_text(_expected(events, keep_signature=False))
     assert resp.usage.output_tokens == 7 and isinstance(parsed[-1], StreamFinish)
+
+
+
+@pytest.mark.parametrize(("fmt", "end"), [(OpenAIFormat(), b"data: [DONE]"), (AnthropicFormat(), b"event: message_stop")])
+async def test_renderers_let_the_provider_finish_and_clean_up(fmt, end):
+    cleaned: list[str] = []
+
+    async def provider():
+        try:
+            yield StreamStart(model="m")
+            yield StreamFinish()
+            yield StreamFinish()  # anything after the finish is ignored, not rendered
+        finally:
+            cleaned.append("done")
+
+    body = b"".join(await collect(fmt.render_chat_stream(provider(), ChatRequest(model="m", stream=True))))
+    assert cleaned == ["done"] and body.count(end) == 1
