@@ -92,3 +92,22 @@ async def test_metrics_behind_api_key(tmp_path):
             assert resp.status == 401
         async with http.get(f"{url}/metrics", headers={"authorization": "Bearer s3cret"}) as resp:
             assert resp.status == 200
+
+
+async def test_retention_window_through_http(tmp_path):
+    app = app_with_metrics(tmp_path, retention={"minutes": 1})
+    async with serve_app(app) as url:
+        oai = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        for _ in range(3):
+            await oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+        store = app[higgs.metrics.METRICS].store
+        async with aiohttp.ClientSession() as http:
+            fresh = await (await http.get(f"{url}/metrics")).json()
+            real_clock = store.clock
+            store.clock = lambda: real_clock() + 61  # a minute later: the samples left the retention window
+            later = await (await http.get(f"{url}/metrics")).json()
+    assert fresh["retention_minutes"] == 1 and list(fresh["windows"]) == ["retention"]
+    assert fresh["windows"]["retention"]["requests"] == 3
+    assert later["windows"]["retention"]["requests"] == 0 and later["by_model"] == {}
+    assert later["totals"]["requests"] == 3  # lifetime counters are not subject to retention
+    assert store.snapshot() == []
