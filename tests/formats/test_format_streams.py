@@ -111,7 +111,8 @@ async def test_openai_stream_any_chunking(events, cuts):
 
 
 
-@pytest.mark.parametrize(("fmt", "end"), [(OpenAIFormat(), b"data: [DONE]"), (AnthropicFormat(), b"event: message_stop")])
+@pytest.mark.parametrize(("fmt", "end"), [(OpenAIFormat(), b"data: [DONE]"),
+                                         (AnthropicFormat(), b"event: message_stop")])
 async def test_renderers_let_the_provider_finish_and_clean_up(fmt, end):
     cleaned: list[str] = []
 
