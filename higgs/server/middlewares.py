@@ -157,6 +157,9 @@ async def outer(request: web.Request, handler: Handler) -> web.StreamResponse:
                                    latency_ms=(time.time() - started) * 1000, error_type=_KIND_BY_STATUS.get(
                                        status, "api_error"))
         if record is not None:
+            record.status = status  # the status the client got, whoever produced it
+            if status >= 400 and record.error_type is None:
+                record.error_type = _KIND_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request")
             emit_record(request.app, record)
 
 

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -29,7 +28,17 @@ def higgs_app() -> Callable[..., web.Application]:
     return build_app
 
 
-@pytest_asyncio.fixture
+try:  # async fixtures need pytest-asyncio; without it only the sync fixtures exist (pytest must not break)
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - depends on the environment
+    pytest_asyncio = None  # type: ignore[assignment]
+
+
+def _async_fixture(fn: Any) -> Any:
+    return pytest_asyncio.fixture(fn) if pytest_asyncio is not None else fn
+
+
+@_async_fixture
 async def higgs_client() -> AsyncIterator[Callable[..., Any]]:
     """Async factory: ``await higgs_client(app)`` or ``await higgs_client(providers=...)`` -> ``TestClient``."""
     async with contextlib.AsyncExitStack() as stack:
@@ -40,7 +49,7 @@ async def higgs_client() -> AsyncIterator[Callable[..., Any]]:
         yield make
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def higgs_server() -> AsyncIterator[Callable[..., Any]]:
     """Async factory: ``url = await higgs_server(app)`` (or build kwargs) -> base URL on a real port."""
     async with contextlib.AsyncExitStack() as stack:

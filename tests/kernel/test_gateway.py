@@ -353,3 +353,13 @@ async def test_the_gateways_own_api_key_is_never_forwarded():
     assert "authorization" not in lowered[0] and lowered[0]["x-upstream-hint"] == "1"
     assert "x-api-key" not in lowered[1] and lowered[1]["anthropic-version"] == "2023-06-01"
     assert all("gateway-key" not in str(h) for h in seen)
+
+
+async def test_record_of_an_internal_error_has_status_500():
+    records = Records()
+    app = build_app(providers={"higgs": FakeProvider(local=True, models=["tiny"], fail=RuntimeError("bug"))},
+                    plugins=[records])
+    async with app_client(app) as client:
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status == 500
+    assert records.records[0].status == 500 and records.records[0].error_type == "api_error"
+    assert records.records[0].provider == "higgs"
