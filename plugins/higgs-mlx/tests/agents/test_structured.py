@@ -14,7 +14,7 @@ from higgs.messages import ChatRequest, ResponseFormat, Tool, ToolChoice
 from higgs.specs import ArchitectureSpec
 
 from higgs_mlx.agents import make_logits_processors, output_regex
-from higgs_mlx.agents.constrain import cache_info, compile_regex
+from higgs_mlx.agents.constrain import RegexConstraint, cache_info, compile_regex
 from higgs_mlx.agents.schema import UnsupportedSchemaError, nonneg_range, number_regex, schema_to_regex
 from higgs_mlx.agents.syntaxes import SYNTAXES, get_syntax
 from higgs_mlx.agents.toolcalls import ToolCallParser
@@ -232,7 +232,7 @@ def test_prompt_opened_reasoning_constrains_after_the_close_tag(tiny):
     arch = ArchitectureSpec(name="r1", model_types=("r1",), module="m", reasoning_tags=("<think>", "</think>"))
     schema = SCHEMAS["enum"]
     request = ChatRequest(model="m", response_format=ResponseFormat(type="json_schema", json_schema=schema))
-    (processor,) = make_logits_processors(request, tokenizer, arch=arch)
+    (processor,) = [p for p in make_logits_processors(request, tokenizer, arch=arch) if isinstance(p, RegexConstraint)]
     prompt = tokenizer.encode("question") + tokenizer._tokenizer.encode("<think>", add_special_tokens=False)
     history = list(prompt)
     free = processor(mx.array(history), mx.zeros((1, 400)))
