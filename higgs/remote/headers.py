@@ -35,13 +35,24 @@ def filter_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str] | se
     return [(k, v) for k, v in pairs if k.lower() not in dropped and not k.lower().startswith("x-higgs-")]
 
 
-def client_credential(headers: Mapping[str, str]) -> str | None:
-    """The API key a client sent as ``Authorization: Bearer K`` or ``x-api-key: K``."""
+def client_credentials(headers: Mapping[str, str]) -> list[str]:
+    """The API keys a client sent, ``Authorization: Bearer K`` first, then ``x-api-key: K``."""
     ci = CIMultiDict(headers)
+    found = []
     auth = ci.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return ci.get("x-api-key") or None
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        found.append(auth[7:].strip())
+    if key := ci.get("x-api-key", "").strip():
+        found.append(key)
+    return found
+
+
+def client_credential(headers: Mapping[str, str], skip: str | None = None) -> str | None:
+    """The first API key a client sent that is not ``skip`` (the gateway's own key)."""
+    for key in client_credentials(headers):
+        if not (skip and same_secret(skip, key)):
+            return key
+    return None
 
 
 def same_secret(a: str, b: str | None) -> bool:

@@ -47,10 +47,10 @@ from higgs.remote.headers import (
     REQUEST_DROP,
     RESPONSE_DROP,
     client_credential,
+    client_credentials,
     filter_headers,
     parse_retry_after,
     redact,
-    same_secret,
 )
 from higgs.remote.sse import stream_error_bytes
 
@@ -167,13 +167,12 @@ class RemoteProvider(Provider):
             return self.format.auth_headers(self.api_key)
         if self.strip_auth:
             return {}
-        key = client_credential(client_headers)
-        if key is None or (self.gateway_key and same_secret(self.gateway_key, key)):
-            return {}
-        return self.format.auth_headers(key)
+        # A client may authenticate to higgs with one header and to the upstream with the other.
+        key = client_credential(client_headers, skip=self.gateway_key)
+        return self.format.auth_headers(key) if key else {}
 
     def _secrets(self, client_headers: Mapping[str, str] | None = None) -> list[str | None]:
-        return [self.api_key, self.gateway_key, client_credential(client_headers or {})]
+        return [self.api_key, self.gateway_key, *client_credentials(client_headers or {})]
 
     def _headers(self, forwarded: list[tuple[str, str]], client_headers: Mapping[str, str],
                  extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:

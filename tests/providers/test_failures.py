@@ -81,3 +81,39 @@ async def test_ollama_through_the_gateway(fake, gateway):
     assert answer.choices[0].message.content == message.content[0].text == "Hello from the fake upstream!"
     chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
     assert len(chats) == 2 and all(r.header("authorization") is None for r in chats)
+
+
+async def test_keys_never_reach_logs_or_error_bodies(fake, gateway, caplog):
+    caplog.set_level("DEBUG")
+    fake.script.append(Behaviour(status=401, body={"error": {"message": "Incorrect API key provided: sk-client-123",
+                                                             "type": "invalid_request_error"}}))
+    fake.script.append(Behaviour(status=500, body={"error": {"message": "upstream saw sk-conf-456"}}))
+    cfg = {"server": {"api_key": "higgs-gw-789"},
+           "provider": {"a": {"url": fake.url, "format": "openai"},
+                        "b": {"url": fake.url, "format": "openai", "api_key": "sk-conf-456", "max_retries": 0}},
+           "routes": [{"pattern": "^a$", "provider": "a"}, {"pattern": "^b$", "provider": "b"}]}
+    async with gateway(cfg) as url, aiohttp.ClientSession() as http:
+        for model, key in (("a", "sk-client-123"), ("b", "higgs-gw-789")):
+            headers = {"authorization": "Bearer higgs-gw-789", "x-api-key": key}
+            async with http.post(url + "/v1/messages", json={"model": model, "max_tokens": 5, "messages": MESSAGES},
+                                 headers=headers) as response:
+                body = await response.text()
+                assert response.status in (401, 500) and "***" in body
+                assert "sk-client-123" not in body and "sk-conf-456" not in body and "higgs-gw-789" not in body
+    for secret in ("sk-client-123", "sk-conf-456", "higgs-gw-789"):
+        assert secret not in caplog.text
+    # Bearer authenticated to higgs; the x-api-key was the client's upstream key and went upstream.
+    assert fake.requests[0].header("authorization") == "Bearer sk-client-123"
+    assert fake.requests[1].header("authorization") == "Bearer sk-conf-456"
+
+
+async def test_round_robin_spreads_requests_and_names_the_provider(fake, backup, gateway):
+    cfg = {"provider": {"a": {"url": fake.url}, "b": {"url": backup.url}},
+           "routes": [{"pattern": ".", "providers": ["a", "b"], "strategy": "round_robin"}]}
+    async with gateway(cfg) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        served = []
+        for _ in range(4):
+            raw = await client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+            served.append(raw.headers["x-higgs-provider"])
+    assert served == ["a", "b", "a", "b"] and len(fake.requests) == len(backup.requests) == 2
