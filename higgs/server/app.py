@@ -102,6 +102,10 @@ def build_providers(settings: HiggsSettings, registry: Registry,
     ctx = ProviderContext(settings=settings, formats=formats, architectures=dict(registry.architectures))
     providers: dict[str, Provider] = {}
     local = registry.local_provider_spec()
+    others = [s.name for s in registry.providers.values() if s.local and s is not local]
+    if local is not None and others:
+        log.warning("several local provider kinds are installed (%s); using '%s' (disable the others with "
+                    "--no-plugin)", ", ".join([local.name, *others]), local.name)
     if local is not None:
         providers[LOCAL_PROVIDER] = _build(local.factory, ProviderSettings(name=LOCAL_PROVIDER), ctx, local.name,
                                            registry)
