@@ -78,6 +78,8 @@ class RemoteOptions(BaseModel):
     max_connections: int = Field(256, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
     models_ttl: float = Field(300.0, ge=0)
+    trust_env: bool = False
+    tls_verify: bool = True
 
 
 class RemoteProvider(Provider):
@@ -133,9 +135,11 @@ class RemoteProvider(Provider):
     async def start(self) -> None:
         """Open the pooled HTTP session."""
         if self.session is None or self.session.closed:
-            connector = aiohttp.TCPConnector(limit=self.options.max_connections, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=self.options.max_connections, ttl_dns_cache=300,
+                                             ssl=None if self.options.tls_verify else False)
             # No auto-decompression and no Accept-Encoding: upstream bytes reach the client untouched.
             self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                 trust_env=self.options.trust_env,
                                                  skip_auto_headers=("Accept-Encoding", "User-Agent"))
 
     async def close(self) -> None:
