@@ -16,6 +16,7 @@ from higgs.formats.anthropic import AnthropicFormat
 from higgs.formats.openai import OpenAIFormat
 from higgs.messages import (
     ChatRequest,
+    ChatResponse,
     ImageBlock,
     Message,
     Reasoning,
@@ -28,10 +29,11 @@ from higgs.messages import (
     ToolResultBlock,
     ToolUseBlock,
     UnknownBlock,
+    Usage,
 )
 
 oa, an = OpenAIFormat(), AnthropicFormat()
-SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 text = st.text(min_size=1, max_size=30)
 ident = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,15}", fullmatch=True)
@@ -232,3 +234,31 @@ def test_anthropic_requests_translate_to_valid_openai_bodies(request):
     assert all(isinstance(m["content"], str) for m in body["messages"] if m["role"] == "tool")
     assert all(m["role"] in ("system", "user", "assistant", "tool") for m in body["messages"])
     assert back.max_tokens == request.max_tokens and "top_k" not in body
+
+
+# -- responses: rendered for a client and parsed back as an upstream answer ---------------------------
+
+usage = st.builds(lambda i, c, o: Usage(input_tokens=i + c, cached_tokens=c, output_tokens=o),
+                  st.integers(0, 10**6), st.integers(0, 10**5), st.integers(0, 10**5))
+
+
+@SETTINGS
+@given(thinking=st.none() | text, said=st.none() | text, calls=st.lists(tool_use, max_size=3), used=usage,
+       stop=st.sampled_from(["end_turn", "max_tokens"]))
+def test_openai_response_render_then_parse(thinking, said, calls, used, stop):
+    content = ([ThinkingBlock(thinking=thinking)] if thinking else []) + ([TextBlock(text=said)] if said else [])
+    response = ChatResponse(id="chatcmpl-1", model="m", created=1, content=content + calls,
+                            stop_reason="tool_use" if calls else stop, usage=used)
+    request = ChatRequest(model="m")
+    assert oa.parse_upstream_chat(oa.render_chat(response, request)).model_dump() == response.model_dump()
+
+
+@SETTINGS
+@given(blocks=st.lists(st.builds(ThinkingBlock, thinking=text, signature=ident) | st.builds(TextBlock, text=text)
+                       | tool_use | st.builds(ThinkingBlock, redacted=st.just(True), data=ident), max_size=5),
+       used=usage, stop=st.sampled_from(["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]))
+def test_anthropic_response_render_then_parse(blocks, used, stop):
+    response = ChatResponse(id="msg_1", model="m", created=1, content=blocks, stop_reason=stop, usage=used,
+                            stop_sequence="END" if stop == "stop_sequence" else None)
+    parsed = an.parse_upstream_chat(an.render_chat(response, ChatRequest(model="m")))
+    assert parsed.model_dump(exclude={"created"}) == response.model_dump(exclude={"created"})
