@@ -136,7 +136,7 @@ class RemoteProvider(Provider):
         """Open the pooled HTTP session."""
         if self.session is None or self.session.closed:
             connector = aiohttp.TCPConnector(limit=self.options.max_connections, ttl_dns_cache=300,
-                                             ssl=None if self.options.tls_verify else False)
+                                             ssl=self.options.tls_verify)
             # No auto-decompression and no Accept-Encoding: upstream bytes reach the client untouched.
             self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                  trust_env=self.options.trust_env,
