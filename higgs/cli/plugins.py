@@ -34,7 +34,7 @@ def list_plugins(
         print(f"warning: config not applied: {err}", file=sys.stderr)
     plugins = load_plugins(enabled=enabled, disabled=disabled)
     Registry.build(plugins, strict=False)
-    infos = list(plugins.infos.values())
+    infos = sorted(plugins.infos.values(), key=lambda i: i.name)
     if json_:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
         return 0

@@ -76,7 +76,7 @@ def serve(
     app = make_app(settings, registry)
 
     def ready(url: str) -> None:
-        names = ", ".join(plugins.loaded) or "none"
+        names = ", ".join(sorted(plugins.loaded)) or "none"
         print(f"higgs listening on {url}  (plugins: {names}; config: "
               f"{loaded.path if loaded.exists else 'defaults'})", file=sys.stderr, flush=True)
 

@@ -171,9 +171,12 @@ async def _providers_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def notify_started(app: web.Application) -> None:
-    """Fire ``higgs_server_started`` (the server is listening)."""
+    """Fire ``higgs_server_started`` (the server is listening); a no-op for apps not built by ``make_app``."""
+    registry = app.get(keys.REGISTRY)
+    if registry is None:
+        return
     try:
-        app[keys.REGISTRY].pm.hook.higgs_server_started(app=app, settings=app[keys.SETTINGS])
+        registry.pm.hook.higgs_server_started(app=app, settings=app[keys.SETTINGS])
     except Exception:
         log.exception("a higgs_server_started hook failed")
 
