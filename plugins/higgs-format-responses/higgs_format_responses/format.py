@@ -1,7 +1,8 @@
 """``ResponsesFormat``: the OpenAI Responses API as a higgs wire format, both directions.
 
 Routes: ``POST /v1/responses`` (the gateway pipeline, behind a small handler that checks
-``previous_response_id``), ``GET`` and ``DELETE /v1/responses/{response_id}`` for stored responses.
+``previous_response_id``), ``POST /v1/responses/input_tokens`` (token counting), ``GET`` and
+``DELETE /v1/responses/{response_id}`` for stored responses.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ResponsesFormat(WireFormat):
         """``POST /v1/responses`` and the stored-response endpoints."""
         return [
             FormatRoute("POST", PATH, handler=self.handle_create),
+            FormatRoute("POST", PATH + "/input_tokens", operation="count_tokens"),
             FormatRoute("GET", PATH + "/{response_id}", handler=self.handle_get),
             FormatRoute("DELETE", PATH + "/{response_id}", handler=self.handle_delete),
         ]
@@ -155,6 +157,10 @@ class ResponsesFormat(WireFormat):
         """OpenAI's model list shape (the Responses API shares ``/v1/models``)."""
         return {"object": "list", "data": [{"id": m.id, "object": "model", "created": m.created,
                                             "owned_by": m.owned_by} for m in models]}
+
+    def render_count_tokens(self, count: int) -> dict[str, Any]:
+        """``POST /v1/responses/input_tokens``: ``{"object": "response.input_tokens", "input_tokens": N}``."""
+        return {"object": "response.input_tokens", "input_tokens": count}
 
     def render_error(self, error: ErrorInfo) -> tuple[int, dict[str, Any]]:
         """``{"error": {...}}`` as OpenAI sends it."""

@@ -65,6 +65,10 @@ class ScriptedProvider(Provider):
         return ChatResponse(model=request.model, content=list(self.blocks), stop_reason=self.stop_reason,
                             usage=Usage(input_tokens=11, output_tokens=7, reasoning_tokens=2))
 
+    async def count_tokens(self, request: ChatRequest, call: CallContext) -> int:
+        self.requests.append(request)
+        return sum(len(m.text().split()) for m in request.messages) + len(request.system_text().split())
+
     async def chat_stream(self, request: ChatRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
         self.requests.append(request)
         yield StreamStart(model=request.model, usage=Usage(input_tokens=11))

@@ -247,3 +247,13 @@ async def test_documented_input_shapes(gateway, local):
     assert user[1].media_type == "image/png" and user[1].data == "iVBORw0KGgoAAAANSUhEUg==" and user[1].detail == "low"
     assert user[2].url == "https://example.com/cat.jpg"
     assert [(m.role, m.text()) for m in seen.messages[1:]] == [("assistant", "A cat."), ("user", "Encore?")]
+
+
+async def test_input_tokens_endpoint(gateway, local):
+    async with gateway() as url, aiohttp.ClientSession() as http:
+        body = {"model": "local-model", "instructions": "be brief", "input": "one two three"}
+        async with http.post(url + "/v1/responses/input_tokens", json=body) as response:
+            assert response.status == 200
+            counted = await response.json()
+    assert counted == {"object": "response.input_tokens", "input_tokens": 5}
+    assert local.requests[-1].system_text() == "be brief"
