@@ -132,3 +132,19 @@ async def test_unknown_model_with_local_only_default_is_404_naming_the_model(fak
         with pytest.raises(anthropic.NotFoundError) as info:
             await client.messages.create(model="nope-model", max_tokens=20, messages=MESSAGES)
     assert "nope-model" in info.value.message and "fast" in info.value.message
+
+
+async def test_a_higgs_instance_is_itself_a_provider(fake, gateway):
+    """Fleet: gateway A speaks Anthropic to gateway B, which speaks OpenAI to the upstream."""
+    inner = {"server": {"api_key": "fleet-key"}, "provider": {"up": {"url": fake.url, "format": "openai"}},
+             "default": {"provider": "up"}}
+    async with gateway(inner) as b_url:
+        outer = {"provider": {"mac2": {"url": b_url, "format": "anthropic", "api_key": "fleet-key"}},
+                 "routes": [{"pattern": "^team-", "provider": "mac2", "model": "gpt-on-mac2"}]}
+        async with gateway(outer) as a_url:
+            client = anthropic.AsyncAnthropic(base_url=a_url, api_key="unused", max_retries=0)
+            async with client.messages.stream(model="team-model", max_tokens=20, messages=MESSAGES) as stream:
+                text = "".join([t async for t in stream.text_stream])
+    assert text == "Hello from the fake upstream!"
+    assert fake.requests[-1].json()["model"] == "gpt-on-mac2"
+    assert fake.requests[-1].header("authorization") is None  # B's own key is never forwarded further
