@@ -44,6 +44,8 @@ API_VERSION = "2023-06-01"
 #: ``max_tokens`` when neither the client nor the provider gave one (Anthropic requires the field).
 FALLBACK_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024
+#: Opens a translated conversation that starts with an assistant turn (Anthropic requires a user turn first).
+PLACEHOLDER_TURN = "."
 
 KNOWN_FIELDS = frozenset({
     "model", "messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "temperature", "top_p",
@@ -285,6 +287,11 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None, *, c
     if system:
         body["system"] = system[0]["text"] if len(system) == 1 and "cache_control" not in system[0] else system
     body["messages"] = build_messages(request.messages, same)
+    if not same and (not body["messages"] or body["messages"][0]["role"] != "user"):
+        # Anthropic: "messages: first message must use the user role" (and at least one message);
+        # OpenAI accepts a conversation that opens with an assistant greeting, or system prompts only.
+        log.debug("opening the conversation with a placeholder user turn for %s", NAME)
+        body["messages"].insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_TURN}]})
     tools = [_build_tool(t, same) for t in request.tools if same or t.extra.get("type") in (None, "custom")]
     if tools:
         body["tools"] = tools

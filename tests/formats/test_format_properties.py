@@ -221,6 +221,7 @@ def test_openai_requests_translate_to_valid_anthropic_bodies(request):
     back = an.parse_chat(body, {})
     roles = [m["role"] for m in body["messages"]]
     assert all(a != b for a, b in itertools.pairwise(roles))  # strictly alternating
+    assert roles[0] == "user"
     assert all(m["content"] for m in body["messages"])  # no empty turns
     assert all(isinstance(b, dict) and b.get("text", "x") for m in body["messages"] for b in m["content"])
     assert [t.name for t in back.tools] == [t.name for t in request.tools]

@@ -290,3 +290,13 @@ def test_anthropic_thinking_toward_openai_only_for_reasoning_models():
     assert built["reasoning_effort"] == "low" and built["max_completion_tokens"] == 5000
     del body["output_config"]
     assert oa.build_upstream_chat(an.parse_chat({**body, "model": "gpt-5"}, {})).body["reasoning_effort"] == "high"
+
+
+def test_conversation_opening_with_assistant_gets_a_user_turn_first():
+    body = an.build_upstream_chat(openai_req({"role": "system", "content": "pirate"},
+                                             {"role": "assistant", "content": "Arrr, how may I help?"},
+                                             {"role": "user", "content": "hi"})).body
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "."}]
+    only_system = an.build_upstream_chat(openai_req({"role": "system", "content": "Say hi."})).body
+    assert [m["role"] for m in only_system["messages"]] == ["user"]
