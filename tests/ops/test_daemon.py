@@ -26,6 +26,10 @@ from ops_support import BOOTSTRAP, FakeUpstreamProcess, clean_env, free_port, ru
 from higgs.runtime import pid_alive
 
 pytestmark = pytest.mark.slow
+# The daemons load installed plugins like any `higgs serve`: these tests need the provider plugins and the
+# dashboard installed (the all-together session); the kernel-alone session skips them.
+for _needed in ("higgs_openai", "higgs_anthropic", "higgs_tui"):
+    pytest.importorskip(_needed)
 
 
 @dataclass

@@ -6,11 +6,15 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from ops_support import run_higgs
 
 from higgs.cli.doctor import Report, run_checks
 from higgs.testing import serve_in_thread
+
+for _needed in ("higgs_openai", "higgs_anthropic", "higgs_arch_llama"):  # enabled below
+    pytest.importorskip(_needed)
 
 # A fixed plugin set, so the outcome does not depend on whatever else is installed.
 PLUGINS = """
