@@ -80,7 +80,12 @@ def set_(key: str, value: str, *, config: ConfigOpt = None, profile: ProfileOpt 
     typed = coerce(parts, value)
     _assign(doc, parts, typed, key)
     new_text = tomlkit.dumps(doc)
-    build_settings(parse_toml(new_text, str(target)), str(target))  # raises ConfigError: file left untouched
+    settings, warnings = build_settings(parse_toml(new_text, str(target)), str(target))  # raises: file untouched
+    problems = _registry_problems(settings)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     mode = target.stat().st_mode & 0o777 if target.exists() else 0o600
@@ -91,6 +96,22 @@ def set_(key: str, value: str, *, config: ConfigOpt = None, profile: ProfileOpt 
     shown = "**********" if _is_secret(parts) else json.dumps(typed) if not isinstance(typed, str) else typed
     print(f"{key} = {shown}  ({target})")
     return 0
+
+
+def _registry_problems(settings: HiggsSettings) -> list[str]:
+    """Formats and provider kinds the installed plugins do not offer (skipped if plugins cannot load)."""
+    from higgs.plugins import load_plugins
+    from higgs.registry import Registry
+    from higgs.settings_loader import registry_problems
+
+    if not settings.provider:
+        return []
+    try:
+        registry = Registry.build(load_plugins(enabled=settings.plugins.enabled, disabled=settings.plugins.disabled),
+                                  strict=False)
+    except Exception:  # a broken plugin set must not stop editing the file that fixes it
+        return []
+    return registry_problems(settings, registry.formats, registry.providers)
 
 
 def coerce(parts: list[str | int], raw: str) -> Any:

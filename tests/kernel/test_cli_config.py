@@ -105,3 +105,11 @@ def test_invalid_set_is_refused_and_file_untouched(capsys, _isolated_config):
 def test_get_unknown_key(capsys):
     code, _, err = run(capsys, "config", "get", "server.nope")
     assert code == 1 and "no such key" in err
+
+
+def test_set_checks_formats_against_installed_plugins_and_warns_on_unknown_keys(capsys, _isolated_config):
+    code, _, err = run(capsys, "config", "set", "provider.up.format", "grpc")
+    assert code == 2 and "provider.up.format: unknown format 'grpc'" in err
+    assert not (_isolated_config / "config.toml").exists()
+    code, _, err = run(capsys, "config", "set", "server.prot", "1")
+    assert code == 0 and "unknown key 'server.prot'" in err

@@ -158,3 +158,21 @@ async def test_graceful_shutdown_lets_short_requests_finish_and_cancels_long_one
         assert asyncio.get_running_loop().time() - started < 5
         assert slow.cancelled == 1
         request.cancel()
+
+
+def test_the_starter_config_starts_as_written(tmp_path):
+    from higgs.cli.init import STARTER_CONFIG
+
+    config = tmp_path / "starter.toml"
+    config.write_text(STARTER_CONFIG.replace("port = 8000", f"port = {free_port()}"))
+    # The local engine (higgs-mlx) is left out only to keep this test fast; everything else is as written.
+    proc = subprocess.Popen([sys.executable, "-m", "higgs", "serve", "--config", str(config), "--no-plugin", "mlx"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    url = wait_listening(proc, seen=seen)
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+        assert resp.status == 200
+    code, err = stop(proc)
+    assert code == 0 and "unknown key" not in "".join(seen) + err and "WARNING" not in "".join(seen)
