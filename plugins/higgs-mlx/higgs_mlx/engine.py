@@ -120,6 +120,8 @@ class Engine:
         self._stream: Any = None
         self._started = False
         self.completed = 0
+        #: Set when the engine thread died of an unexpected error; new work is refused with it.
+        self.crashed: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,7 +137,10 @@ class Engine:
         return future
 
     def submit(self, job: Job) -> None:
-        """Queue a job; it starts at the next step."""
+        """Queue a job; it starts at the next step (a dead engine fails it at once)."""
+        if self.crashed is not None:
+            job.emit(Failed(RuntimeError(f"the local engine stopped after an error: {self.crashed}")))
+            return
         self._inbox.put(job)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -166,14 +171,26 @@ class Engine:
     def _main(self) -> None:
         import mlx.core as mx
 
-        self._stream = mx.new_stream(mx.default_device())
-        while True:
-            if not self._drain_inbox():
-                break
-            self._step_all()
+        reason: BaseException = RuntimeError("the engine is shutting down")
+        try:
+            self._stream = mx.new_stream(mx.default_device())
+            while self._drain_inbox():
+                self._step_all()
+        except BaseException as err:  # never leave callers waiting on a dead thread
+            log.exception("the engine thread failed")
+            self.crashed = reason = err
         for job in self._active:
-            job.emit(Failed(RuntimeError("the engine is shutting down")))
+            job.emit(Failed(reason))
         self._active.clear()
+        while True:  # whatever is still queued
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Job):
+                item.emit(Failed(reason))
+            elif isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(RuntimeError(f"the engine stopped: {reason}"))
 
     def _drain_inbox(self) -> bool:
         """Admit everything waiting; block only while idle. False when asked to stop."""
@@ -191,7 +208,14 @@ class Engine:
                     except BaseException as err:
                         item.future.set_exception(err)
             else:
-                self._admit(item)
+                try:
+                    self._admit(item)
+                except Exception as err:  # this job cannot start; the others are fine
+                    log.exception("cannot start a generation")
+                    item.emit(Failed(err))
+                except BaseException as err:
+                    item.emit(Failed(err))
+                    raise
 
     def _admit(self, job: Job) -> None:
         from mlx_lm.models.cache import make_prompt_cache

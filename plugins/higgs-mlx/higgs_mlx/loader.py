@@ -237,6 +237,16 @@ def load_model_dir(path: Path, architectures: Mapping[str, ArchitectureSpec], *,
                        sampling_defaults=defaults)
 
 
+def warm_up(lm: LoadedModel) -> None:
+    """Run one token through the model so the first request does not pay for kernel set-up."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    token = lm.tokenizer.bos_token_id if lm.tokenizer.bos_token_id is not None else 0
+    logits = lm.model(mx.array([[token]]), cache=make_prompt_cache(lm.model))
+    mx.eval(logits)
+
+
 #: Sampling fields a model's ``generation_config.json`` may suggest.
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 

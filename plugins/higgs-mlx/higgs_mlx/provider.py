@@ -45,7 +45,7 @@ from higgs.messages import (
 
 from higgs_mlx import prompt as prompts
 from higgs_mlx.engine import Chunk, Done, Engine, EngineOutput, Failed, Job
-from higgs_mlx.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_path
+from higgs_mlx.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_path, warm_up
 from higgs_mlx.output import EventBuilder, OutputParser, PlainTextParser
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,17 @@ class MlxProvider(Provider):
         path = resolve_model_path(entry.path, assume_yes=self.assume_yes)
         name = entry.name or entry.path
         aliases = tuple(a for a in dict.fromkeys([entry.path, str(path), path.name]) if a != name)
-        return load_model_dir(path, self.ctx.architectures, name=name, aliases=aliases)
+        lm = load_model_dir(path, self.ctx.architectures, name=name, aliases=aliases)
+        warm_up(lm)
+        return lm
 
     def _load_default(self) -> LoadedModel:
         from higgs_mlx.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 
         path = ensure_default_model()
-        return load_model_dir(path, self.ctx.architectures, name=DEFAULT_MODEL_NAME,
-                              aliases=(DEFAULT_ALIAS, str(path)))
+        lm = load_model_dir(path, self.ctx.architectures, name=DEFAULT_MODEL_NAME, aliases=(DEFAULT_ALIAS, str(path)))
+        warm_up(lm)
+        return lm
 
     def _register(self, lm: LoadedModel) -> None:
         for key in (lm.name, *lm.aliases):

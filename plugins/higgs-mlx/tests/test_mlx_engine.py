@@ -332,3 +332,31 @@ def test_generation_config_sampling_defaults(tmp_path):
     assert read_sampling_defaults(tmp_path) == {}
     (tmp_path / "generation_config.json").write_text("{broken")
     assert read_sampling_defaults(tmp_path) == {}
+
+
+async def test_a_crashed_engine_fails_jobs_instead_of_hanging(provider):
+    """If the engine thread dies, queued and new jobs fail at once (no client waits forever)."""
+    engine = Engine()
+
+    def explode(job):
+        raise SystemExit("simulated fatal error")
+
+    engine._admit = explode
+    engine.start()
+    loop = asyncio.get_running_loop()
+    outputs: asyncio.Queue = asyncio.Queue()
+
+    def job():
+        return Job(lm=provider.model("tiny"), prompt=[1, 2], max_tokens=4, sampler=lambda x: x,
+                   emit=lambda item: loop.call_soon_threadsafe(outputs.put_nowait, item))
+
+    engine.submit(job())
+    first = await asyncio.wait_for(outputs.get(), 10)
+    engine._thread.join(5)
+    assert engine.crashed is not None and not engine._thread.is_alive()
+    engine.submit(job())
+    second = await asyncio.wait_for(outputs.get(), 10)
+    from higgs_mlx.engine import Failed
+
+    assert isinstance(first, Failed) or isinstance(second, Failed)
+    assert isinstance(second, Failed) and "simulated fatal error" in str(second.error)
