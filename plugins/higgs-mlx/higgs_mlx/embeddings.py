@@ -263,3 +263,16 @@ def _vocab_size(embedder: Embedder) -> int:
         return len(tokenizer) if tokenizer is not None else 0
     except TypeError:
         return 0
+
+
+_decoders: dict[int, DecoderEmbedder] = {}
+
+
+def decoder_embedder(lm: Any) -> DecoderEmbedder:
+    """The (cached) ``DecoderEmbedder`` of a loaded chat model (``higgs_mlx.loader.LoadedModel``)."""
+    cached = _decoders.get(id(lm))
+    if cached is None or cached.model is not lm.model:
+        cached = DecoderEmbedder(name=lm.name, model=lm.model, tokenizer=lm.tokenizer,
+                                 max_length=int(lm.context_length or 8192))
+        _decoders[id(lm)] = cached
+    return cached
