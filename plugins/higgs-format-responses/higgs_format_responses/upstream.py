@@ -309,7 +309,9 @@ class StreamParser:
             if key not in self.open:
                 events += self._open(key, ThinkingBlock(thinking=""))
             events.append(BlockDelta(index=self.open[key], delta=ThinkingDelta(thinking=str(data.get("delta", "")))))
-        elif kind == "response.reasoning_summary_part.done" and (out, -1) in self.open:
+        elif kind == "response.reasoning_summary_part.added" and int(data.get("summary_index", 0)) > 0 \
+                and (out, -1) in self.open:
+            # Summary parts after the first are separate paragraphs of one thinking block.
             events.append(BlockDelta(index=self.open[(out, -1)], delta=ThinkingDelta(thinking="\n\n")))
         elif kind in ("response.function_call_arguments.delta", "response.custom_tool_call_input.delta"):
             if out in self.calls:
