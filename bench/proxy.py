@@ -95,19 +95,26 @@ def start(name: str, cmd: list[str], url: str, env: dict[str, str] | None = None
 @dataclass
 class Result:
     latencies: list[float] = field(default_factory=list)
+    first_byte: list[float] = field(default_factory=list)
     rps: float = 0.0
     errors: int = 0
 
-    def pct(self, q: float) -> float:
-        data = sorted(self.latencies)
+    def pct(self, q: float, first_byte: bool = False) -> float:
+        data = sorted(self.first_byte if first_byte else self.latencies)
         return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
 
 
-async def one(http: aiohttp.ClientSession, url: str, stream: bool) -> bool:
+async def one(http: aiohttp.ClientSession, url: str, stream: bool, first: list[float] | None = None) -> bool:
+    """One request, read to the end; appends the time to the first body byte to ``first``."""
     body = {**BODY, "stream": True} if stream else BODY
+    started = time.perf_counter()
     async with http.post(url + "/v1/chat/completions", json=body,
                          headers={"authorization": "Bearer sk-bench"}) as response:
-        data = await response.read()
+        data = bytearray()
+        async for chunk in response.content.iter_any():
+            if not data and first is not None:
+                first.append(time.perf_counter() - started)
+            data += chunk
         return response.status == 200 and (b"[DONE]" in data if stream else b'"choices"' in data)
 
 
@@ -119,7 +126,7 @@ async def measure(url: str, stream: bool, requests: int, concurrency: int, secon
             await one(http, url, stream)
         for _ in range(requests):
             started = time.perf_counter()
-            ok = await one(http, url, stream)
+            ok = await one(http, url, stream, result.first_byte)
             result.latencies.append(time.perf_counter() - started)
             result.errors += not ok
         done = 0
@@ -139,7 +146,8 @@ async def measure(url: str, stream: bool, requests: int, concurrency: int, secon
 
 
 def table(results: dict[tuple[str, bool], Result], names: list[str]) -> str:
-    rows = [["mode", "target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "req/s", "errors"]]
+    rows = [["mode", "target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "first byte p50 ms", "req/s",
+             "errors"]]
     for stream in (False, True):
         direct = results.get(("direct", stream))
         for name in names:
@@ -149,7 +157,7 @@ def table(results: dict[tuple[str, bool], Result], names: list[str]) -> str:
             added50 = f"{r.pct(0.5) - direct.pct(0.5):.2f}" if direct and name != "direct" else "-"
             added99 = f"{r.pct(0.99) - direct.pct(0.99):.2f}" if direct and name != "direct" else "-"
             rows.append(["stream" if stream else "non-stream", name, f"{r.pct(0.5):.2f}", f"{r.pct(0.99):.2f}",
-                         added50, added99, f"{r.rps:.0f}", str(r.errors)])
+                         added50, added99, f"{r.pct(0.5, first_byte=True):.2f}", f"{r.rps:.0f}", str(r.errors)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -172,6 +180,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description="higgs proxy-path benchmark")
     parser.add_argument("--requests", type=int, default=300, help="sequential requests per target and mode")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (requests and seconds are split)")
     parser.add_argument("--seconds", type=float, default=6.0, help="throughput window per target and mode")
     parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm", help="LiteLLM CLI ('' = skip)")
     args = parser.parse_args()
@@ -206,17 +215,24 @@ async def main() -> int:
             except TimeoutError:
                 print(f"{target.name} failed to start; log: {target.log}", file=sys.stderr)
                 raise
+        # Rounds interleave the targets so a burst of load from elsewhere on the machine hits all of them.
         results: dict[tuple[str, bool], Result] = {}
-        for stream in (False, True):
-            for target in targets:
-                results[(target.name, stream)] = await measure(target.url, stream, args.requests, args.concurrency,
-                                                               args.seconds)
-                r = results[(target.name, stream)]
-                print(f"  {target.name:8} {'stream' if stream else 'non-stream':10} p50 {r.pct(0.5):.2f} ms "
-                      f"req/s {r.rps:.0f}", file=sys.stderr)
+        per_round = max(1, args.requests // args.rounds)
+        for round_ in range(args.rounds):
+            for stream in (False, True):
+                for target in targets:
+                    r = await measure(target.url, stream, per_round, args.concurrency, args.seconds / args.rounds)
+                    total = results.setdefault((target.name, stream), Result())
+                    total.latencies += r.latencies
+                    total.first_byte += r.first_byte
+                    total.errors += r.errors
+                    total.rps += r.rps / args.rounds
+                    print(f"  round {round_ + 1} {target.name:8} {'stream' if stream else 'non-stream':10} "
+                          f"p50 {r.pct(0.5):.2f} ms req/s {r.rps:.0f}", file=sys.stderr)
         names = [t.name for t in targets]
         print(f"\nproxy path, {args.requests} sequential requests + {args.concurrency} clients x {args.seconds:.0f}s "
-              f"per cell, loopback fake upstream ({os.cpu_count()} CPUs)\n")
+              f"per cell in {args.rounds} interleaved rounds, loopback fake upstream ({os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f})\n")
         print(table(results, names))
         if ("litellm", False) in results:
             for stream in (False, True):
