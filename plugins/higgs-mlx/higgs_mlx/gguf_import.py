@@ -44,7 +44,7 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_SKIPPED = {"rope_freqs"}  # recomputed by mlx-lm from the config
+_SKIPPED = {"rope_freqs"}  # turned back into config.json's rope_scaling (see recover_rope_scaling)
 
 
 class GGUFImportError(HiggsError):
@@ -185,6 +185,45 @@ def convert_tensors(reader: Any, bits: int | None, heads: tuple[int, int],
 # -- config and tokenizer ---------------------------------------------------------------------------
 
 
+def llama3_rope_factors(head_dim: int, theta: float, factor: float, low: float, high: float,
+                       original: int) -> list[float]:
+    """Per-frequency scaling factors of Llama 3's rope scaling (what llama.cpp stores as ``rope_freqs``)."""
+    import math
+
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < original / high:
+            factors.append(1.0)
+        elif wavelen > original / low:
+            factors.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return factors
+
+
+def recover_rope_scaling(reader: Any, config: dict[str, Any]) -> dict[str, Any] | None:
+    """Llama 3.1+ files carry ``rope_freqs`` instead of the ``rope_scaling`` parameters: find the parameters
+    that reproduce it (the factor is its maximum; the rest is searched among the values Meta's models use)."""
+    import numpy as np
+
+    tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if tensor is None:
+        return None
+    stored = np.asarray(_dequantize(tensor), dtype=np.float64).reshape(-1)
+    factor = float(stored.max())
+    for original in (8192, 4096, 2048, 16384, 32768):
+        for low in (1.0, 2.0):
+            for high in (4.0, 8.0, 2.0):
+                candidate = llama3_rope_factors(config["head_dim"], config["rope_theta"], factor, low, high, original)
+                if len(candidate) == len(stored) and np.allclose(candidate, stored, rtol=1e-4, atol=1e-6):
+                    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                            "high_freq_factor": high, "original_max_position_embeddings": original}
+    raise GGUFImportError("the file's rope_freqs tensor does not match Llama 3 rope scaling with any known "
+                          "parameters; its rotary embedding cannot be reproduced")
+
+
 def build_config(reader: Any, arch: str, has_output: bool) -> dict[str, Any]:
     """A Hugging Face style ``config.json`` for the file's model."""
     tokens = reader.fields.get("tokenizer.ggml.tokens")
@@ -211,6 +250,9 @@ def build_config(reader: Any, arch: str, has_output: bool) -> dict[str, Any]:
         value = _meta(reader, f"tokenizer.ggml.{key}")
         if value is not None:
             config[key] = int(value)
+    scaling = recover_rope_scaling(reader, config)
+    if scaling is not None:
+        config["rope_scaling"] = scaling
     return config
 
 

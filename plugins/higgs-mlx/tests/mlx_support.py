@@ -138,6 +138,14 @@ def write_gguf(model_dir: Path, out: Path, qtype_for) -> dict[str, tuple[object,
             data = gguf.quants.quantize(value.astype(np.float32), qtype)
             writer.add_tensor(gguf_name(name), data, raw_shape=data.shape, raw_dtype=qtype)
         stored[name] = (qtype, data)
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("rope_type") == "llama3":  # llama.cpp stores Llama 3 rope scaling as per-frequency factors
+        from higgs_mlx.gguf_import import llama3_rope_factors
+
+        factors = llama3_rope_factors(config["head_dim"], config["rope_theta"], scaling["factor"],
+                                      scaling["low_freq_factor"], scaling["high_freq_factor"],
+                                      scaling["original_max_position_embeddings"])
+        writer.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

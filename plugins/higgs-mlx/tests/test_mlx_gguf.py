@@ -124,3 +124,18 @@ def test_unsupported_and_broken_files(tmp_path):
         import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
     with pytest.raises(GGUFImportError):
         mlx_name("blk.0.weird_thing.weight")
+
+
+def test_llama3_rope_freqs_become_rope_scaling(tmp_path):
+    """Llama 3.1-style files: rope_freqs is turned back into rope_scaling, and generation matches exactly."""
+    from higgs_mlx.testing import build_tiny_model
+
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    original = build_tiny_model("llama", tmp_path / "llama31", seed=5, rope_scaling=scaling)
+    src = tmp_path / "llama31.gguf"
+    write_gguf(original, src, lambda name: GGML.F32)
+    dest = import_gguf(src, tmp_path / "imported31")
+    assert json.loads((dest / "config.json").read_text())["rope_scaling"] == scaling
+    prompt = list(range(40, 140))
+    assert greedy(dest, prompt) == greedy(original, prompt)
