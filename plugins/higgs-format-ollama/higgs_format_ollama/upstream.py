@@ -69,7 +69,8 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
             thinking = "".join(b.thinking for b in message.content if isinstance(b, ThinkingBlock))
             if thinking:
                 entry["thinking"] = thinking
-            calls = [{"function": {"name": b.name, "arguments": b.input}} for b in message.content
+            # Ids ride along (Ollama ignores fields it does not know) so a higgs upstream keeps them exact.
+            calls = [{"id": b.id, "function": {"name": b.name, "arguments": b.input}} for b in message.content
                      if isinstance(b, ToolUseBlock)]
             if calls:
                 entry["tool_calls"] = calls
@@ -80,7 +81,8 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
         for block in message.content:
             if isinstance(block, ToolResultBlock):
                 result = "".join(b.text for b in block.content if isinstance(b, TextBlock))
-                out.append({"role": "tool", "content": result, "tool_name": names.get(block.tool_use_id, "")})
+                out.append({"role": "tool", "content": result, "tool_name": names.get(block.tool_use_id, ""),
+                            "tool_call_id": block.tool_use_id})
             elif isinstance(block, TextBlock):
                 text.append(block.text)
             elif isinstance(block, ImageBlock) and block.data:

@@ -112,8 +112,9 @@ def test_build_upstream_chat_round_trips_tools_and_options():
     assert body["messages"] == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "hi", "images": ["AAA"]},
-        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
-        {"role": "tool", "content": "ok", "tool_name": "f"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "f",
+                                                                                     "arguments": {"a": 1}}}]},
+        {"role": "tool", "content": "ok", "tool_name": "f", "tool_call_id": "c1"},
     ]
     assert body["options"] == {"num_predict": 50, "stop": ["x"]} and "vendor" not in body
 
