@@ -368,6 +368,13 @@ def _parse(fmt: WireFormat, operation: Operation, body: dict[str, Any], request:
         raise InvalidRequestError(f"Invalid request: {where}: {first['msg']}", param=where) from err
     except NotImplementedError as err:
         raise ApiError(404, "not_found", f"The {fmt.name} format does not support {operation} requests.") from err
+    except ApiError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        # Parsing sees nothing but client input: a shape the format did not anticipate is still a bad request.
+        log.debug("format %s failed to parse a %s request", fmt.name, operation, exc_info=True)
+        detail = f"missing field {err}" if isinstance(err, KeyError) else str(err) or type(err).__name__
+        raise InvalidRequestError(f"Invalid request body: {detail}") from err
     return parsed
 
 
