@@ -87,7 +87,7 @@ def serve(
             raise ConfigError("--tui needs the dashboard plugin: install higgs-tui") from err
         return int(serve_with_dashboard(app, server.host, server.port, settings))
     try:
-        asyncio.run(serve_app(app, server.host, server.port, ready=ready))
+        asyncio.run(serve_app(app, server.host, server.port, ready=ready, access_log=verbose))
     except OSError as err:
         raise ConfigError(f"cannot listen on {server.host}:{server.port}: {err.strerror or err}") from err
     return 0

@@ -35,13 +35,16 @@ def display_url(host: str, port: int) -> str:
 
 
 async def serve_app(app: web.Application, host: str, port: int, *, grace: float = SHUTDOWN_GRACE,
-                    ready: Callable[[str], None] | None = None, stop: asyncio.Event | None = None) -> None:
+                    ready: Callable[[str], None] | None = None, stop: asyncio.Event | None = None,
+                    access_log: bool = False) -> None:
     """Serve ``app`` on ``host:port`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     ``handler_cancellation`` is on: a client that disconnects cancels the handler and the work behind
     it. On shutdown the listener closes at once and in-flight requests get ``grace`` seconds.
+    ``access_log`` logs one line per request to ``aiohttp.access`` (``serve --verbose``).
     """
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace,
+                           access_log=logging.getLogger("aiohttp.access") if access_log else None)
     await runner.setup()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

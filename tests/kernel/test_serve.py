@@ -177,3 +177,13 @@ def test_the_starter_config_starts_as_written(tmp_path):
     code, err = stop(proc)
     assert code == 0 and "unknown key" not in "".join(seen) + err
     assert "WARNING: listening" not in "".join(seen)  # loopback by default
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start(tmp_path, "--port", str(port))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in err
