@@ -38,6 +38,12 @@ def prompt_opens_reasoning(prompt: str | None, tags: tuple[str, str] | None) -> 
     return prompt.rfind(tags[0]) > prompt.rfind(tags[1])
 
 
+def token_list(tokens: Any) -> list[int]:
+    """A 1-D mlx array of token ids as Python ints."""
+    values: Any = tokens.tolist()
+    return [int(t) for t in values]
+
+
 def _last(seq: list[int], sub: list[int]) -> int:
     """Index of the last occurrence of ``sub`` in ``seq`` (-1 if absent or empty)."""
     if not sub:
@@ -74,7 +80,7 @@ class PromptProbe:
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         """Look at the prompt once; pass the logits through."""
         if self.in_reasoning is None:
-            prompt = [int(t) for t in tokens[-4096:].tolist()] if int(tokens.size) else []
+            prompt = token_list(tokens[-4096:]) if int(tokens.size) else []
             self.in_reasoning = ids_open_reasoning(prompt, self.open_ids, self.close_ids)
         return logits
 
@@ -226,12 +232,12 @@ class ReasoningBudget:
         if self._seen is None:
             self._seen = int(tokens.size)
             if self.in_reasoning is None:
-                prompt = [int(t) for t in tokens[-4096:].tolist()] if self._seen else []
+                prompt = token_list(tokens[-4096:]) if self._seen else []
                 self.in_reasoning = ids_open_reasoning(prompt, self.open_ids, self.close_ids)
         elif not self.done:
             n = int(tokens.size)
             if n > self._seen:
-                self._observe([int(t) for t in tokens[self._seen:].tolist()])
+                self._observe(token_list(tokens[self._seen:]))
             self._seen = n
         if self.done:
             return logits
@@ -239,7 +245,8 @@ class ReasoningBudget:
             self._force, self._forcing = True, 0
         if not self._force:
             return logits
-        return _only(logits, self.close_ids[self._forcing])
+        masked: mx.array = _only(logits, self.close_ids[self._forcing])
+        return masked
 
 
 def _only(logits: Any, token: int) -> Any:

@@ -133,7 +133,7 @@ def schema_to_regex(schema: dict[str, Any] | bool | None) -> str:
     builder = _Builder()
     prepared = builder.node(copy.deepcopy(schema), "")
     try:
-        regex = build_regex_from_schema(json.dumps(prepared))
+        regex = str(build_regex_from_schema(json.dumps(prepared)))
     except (ValueError, TypeError) as err:
         raise UnsupportedSchemaError(f"JSON schema is not supported by constrained decoding: {err}") from err
     for i, number in enumerate(builder.numbers):
