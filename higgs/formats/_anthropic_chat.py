@@ -15,8 +15,10 @@ from higgs.formats._common import (
     expect_str,
     log,
     opt_bool,
+    opt_dict,
     opt_int,
     opt_number,
+    opt_str,
 )
 from higgs.messages import (
     ChatRequest,
@@ -123,7 +125,7 @@ def _parse_system(value: Any) -> list[TextBlock]:
             log.debug("skipping a %r block in system", block.get("type"))
             continue
         blocks.append(TextBlock(text=expect_str(block.get("text"), f"system.{i}.text"),
-                                cache_control=block.get("cache_control")))
+                                cache_control=opt_dict(block.get("cache_control"), f"system.{i}.cache_control")))
     return blocks
 
 
@@ -140,7 +142,8 @@ def _parse_image(block: dict[str, Any], where: str) -> ImageBlock | UnknownBlock
     source = expect_dict(block.get("source"), f"{where}.source")
     kind = source.get("type")
     if kind == "base64":
-        return ImageBlock(media_type=source.get("media_type"), data=expect_str(source.get("data"), f"{where}.data"))
+        return ImageBlock(media_type=opt_str(source.get("media_type"), f"{where}.source.media_type"),
+                          data=expect_str(source.get("data"), f"{where}.source.data"))
     if kind == "url":
         return ImageBlock(url=expect_str(source.get("url"), f"{where}.source.url"))
     return UnknownBlock(type="image", raw=block)  # file ids and future sources: pass-through only
@@ -149,7 +152,8 @@ def _parse_image(block: dict[str, Any], where: str) -> ImageBlock | UnknownBlock
 def _parse_block(block: dict[str, Any], where: str) -> ContentBlock:
     kind = block.get("type")
     if kind == "text":
-        return TextBlock(text=expect_str(block.get("text"), f"{where}.text"), cache_control=block.get("cache_control"))
+        return TextBlock(text=expect_str(block.get("text"), f"{where}.text"),
+                         cache_control=opt_dict(block.get("cache_control"), f"{where}.cache_control"))
     if kind == "image":
         return _parse_image(block, where)
     if kind == "tool_use":

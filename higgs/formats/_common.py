@@ -8,8 +8,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
+
+from pydantic import ValidationError
 
 from higgs.errors import InvalidRequestError
 
@@ -44,6 +47,27 @@ def expect_str(value: Any, param: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequestError(f"'{param}' must be a string.", param=param)
     return value
+
+
+@contextmanager
+def invalid_as_400(what: str) -> Iterator[None]:
+    """Turn a canonical-model validation failure the explicit checks missed into a 400, never a 500."""
+    try:
+        yield
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequestError(f"Invalid {what}: {field}: {first['msg']}.", param=field or None) from err
+
+
+def opt_dict(value: Any, param: str) -> dict[str, Any] | None:
+    """An optional object (``cache_control``, ...), else a 400."""
+    return None if value is None else expect_dict(value, param)
+
+
+def opt_str(value: Any, param: str) -> str | None:
+    """An optional string, else a 400."""
+    return None if value is None else expect_str(value, param)
 
 
 def opt_number(body: Mapping[str, Any], key: str, prefix: str = "") -> float | None:

@@ -12,7 +12,14 @@ from typing import Any
 
 from higgs.formats import _anthropic_chat as chat
 from higgs.formats import _anthropic_stream as streams
-from higgs.formats._common import KIND_STATUS, error_text, expect_dict, kind_for_status, retry_after
+from higgs.formats._common import (
+    KIND_STATUS,
+    error_text,
+    expect_dict,
+    invalid_as_400,
+    kind_for_status,
+    retry_after,
+)
 from higgs.hookspecs import hookimpl
 from higgs.interfaces import FormatRoute, UpstreamCall, WireFormat
 from higgs.messages import ChatRequest, ChatResponse, ErrorInfo, ModelInfo, StreamEvent
@@ -86,11 +93,13 @@ class AnthropicFormat(WireFormat):
     # -- client side ------------------------------------------------------------------------------
     def parse_chat(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         """Parse a ``/v1/messages`` body (``anthropic-version``/``anthropic-beta`` are accepted, not required)."""
-        return chat.parse_request(expect_dict(body, "body"))
+        with invalid_as_400("request"):
+            return chat.parse_request(expect_dict(body, "body"))
 
     def parse_count_tokens(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         """Parse a ``/v1/messages/count_tokens`` body (no ``max_tokens``)."""
-        return chat.parse_request(expect_dict(body, "body"), count_only=True)
+        with invalid_as_400("request"):
+            return chat.parse_request(expect_dict(body, "body"), count_only=True)
 
     def render_chat(self, response: ChatResponse, request: ChatRequest) -> dict[str, Any]:
         """A ``message`` object."""

@@ -24,6 +24,7 @@ from higgs.formats._common import (
     error_text,
     expect_dict,
     expect_list,
+    invalid_as_400,
     kind_for_status,
     opt_bool,
     opt_int,
@@ -184,7 +185,8 @@ class OpenAIFormat(WireFormat):
     # -- client side ------------------------------------------------------------------------------
     def parse_chat(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         """Parse a ``/v1/chat/completions`` body."""
-        return chat.parse_request(expect_dict(body, "body"))
+        with invalid_as_400("request"):
+            return chat.parse_request(expect_dict(body, "body"))
 
     def render_chat(self, response: ChatResponse, request: ChatRequest) -> dict[str, Any]:
         """A ``chat.completion`` object."""
@@ -200,6 +202,10 @@ class OpenAIFormat(WireFormat):
 
     def parse_completion(self, body: dict[str, Any]) -> CompletionRequest:
         """Parse a ``/v1/completions`` body."""
+        with invalid_as_400("request"):
+            return self._parse_completion(body)
+
+    def _parse_completion(self, body: dict[str, Any]) -> CompletionRequest:
         body = expect_dict(body, "body")
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -282,6 +288,10 @@ class OpenAIFormat(WireFormat):
 
     def parse_embedding(self, body: dict[str, Any]) -> EmbeddingRequest:
         """Parse a ``/v1/embeddings`` body."""
+        with invalid_as_400("request"):
+            return self._parse_embedding(body)
+
+    def _parse_embedding(self, body: dict[str, Any]) -> EmbeddingRequest:
         body = expect_dict(body, "body")
         model = body.get("model")
         if not isinstance(model, str) or not model:
