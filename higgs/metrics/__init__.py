@@ -9,7 +9,9 @@ application's plugin manager while it serves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +35,9 @@ class MetricsSink:
 
     def __init__(self, settings: HiggsSettings) -> None:
         self.store = MetricsStore(settings.retention.minutes, enabled=settings.retention.enabled)
+        #: (finished at, took seconds, bucket_s, body) of the last computed report.
+        self._cached: tuple[float, float, float | None, dict[str, Any]] | None = None
+        self._computing: asyncio.Lock | None = None
         self.writer: RotatingJsonlWriter | None = None
         cfg = settings.logging.metrics
         if cfg.enabled:
@@ -44,6 +49,25 @@ class MetricsSink:
         self.store.add(record)
         if self.writer is not None:
             self.writer.write(record.model_dump(mode="json"))
+
+    async def report(self, bucket_s: float | None = None) -> dict[str, Any]:
+        """The store's report, computed off the event loop (an hour of busy traffic takes a while).
+
+        A report that was expensive to compute is reused for twice as long as it took, so dashboards and
+        scrapers polling together share one computation; cheap ones are always fresh.
+        """
+        if self._computing is None:
+            self._computing = asyncio.Lock()
+        async with self._computing:
+            if self._cached is not None:
+                finished, took, bucket, body = self._cached
+                if bucket == bucket_s and time.monotonic() - finished < 2 * took:
+                    return body
+            started = time.monotonic()
+            body = await asyncio.to_thread(self.store.report, bucket_s=bucket_s)
+            finished = time.monotonic()
+            self._cached = (finished, finished - started, bucket_s, body)
+            return body
 
     def close(self) -> None:
         """Flush and stop the log writer."""
@@ -97,14 +121,14 @@ async def metrics_json(request: web.Request) -> web.Response:
     except ValueError:
         return web.json_response({"error": {"message": "bucket_s must be a number of seconds between 1 and 3600",
                                             "type": "invalid_request_error"}}, status=400)
-    body = sink.store.report(bucket_s=bucket_s)
-    body["engine"] = engine_state(request.app)
+    body = {**await sink.report(bucket_s), "engine": engine_state(request.app)}
     return web.json_response(body)
 
 
 async def metrics_prometheus(request: web.Request) -> web.Response:
     """``GET /metrics/prometheus``: the same numbers in Prometheus text format."""
-    text = prometheus.render(request.app[METRICS].store, engine_state(request.app))
+    sink = request.app[METRICS]
+    text = prometheus.render(sink.store, engine_state(request.app), await sink.report())
     return web.Response(body=text.encode(), headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 

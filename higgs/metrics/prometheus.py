@@ -54,10 +54,14 @@ class _Writer:
         return "\n".join(lines) + "\n"
 
 
-def render(store: MetricsStore, engine: Mapping[str, Mapping[str, Any]]) -> str:
-    """The whole exposition: lifetime counters, histograms, window gauges and engine gauges."""
+def render(store: MetricsStore, engine: Mapping[str, Mapping[str, Any]],
+           report: Mapping[str, Any] | None = None) -> str:
+    """The whole exposition: lifetime counters, histograms, window gauges and engine gauges.
+
+    ``report`` is ``store.report()`` when the caller already has one.
+    """
     w = _Writer()
-    report = store.report()
+    report = report if report is not None else store.report()
     w.declare("higgs_uptime_seconds", "gauge", "Seconds since the metrics store started.")
     w.sample("higgs_uptime_seconds", report["uptime_s"])
 

@@ -7,6 +7,7 @@ histograms) are never pruned: a scraper computes its own rates from them.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 import threading
@@ -23,6 +24,8 @@ WINDOWS: dict[str, float] = {"1m": 60.0, "5m": 300.0, "15m": 900.0, "1h": 3600.0
 #: Upper bounds (seconds) of the lifetime latency / TTFT histograms.
 HISTOGRAM_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RECENT_ERRORS = 50
+#: Samples kept at most, whatever the retention: bounds memory (~40 MB) and the cost of a report (~1 s).
+MAX_SAMPLES = 200_000
 GROUPS = ("model", "provider", "route")
 
 
@@ -79,11 +82,11 @@ class Sample:
         )
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float, *, presorted: bool = False) -> float | None:
     """The ``q`` quantile (0..1) of ``values`` by linear interpolation, or None when empty."""
     if not values:
         return None
-    ordered = sorted(values)
+    ordered = values if presorted else sorted(values)
     pos = (len(ordered) - 1) * q
     lo, hi = math.floor(pos), math.ceil(pos)
     if lo == hi:
@@ -91,13 +94,14 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _distribution(values: Sequence[float]) -> dict[str, float | None]:
+def _distribution(values: list[float]) -> dict[str, float | None]:
+    values.sort()
     return {
-        "p50": _round(percentile(values, 0.50)),
-        "p95": _round(percentile(values, 0.95)),
-        "p99": _round(percentile(values, 0.99)),
+        "p50": _round(percentile(values, 0.50, presorted=True)),
+        "p95": _round(percentile(values, 0.95, presorted=True)),
+        "p99": _round(percentile(values, 0.99, presorted=True)),
         "mean": _round(sum(values) / len(values)) if values else None,
-        "max": _round(max(values)) if values else None,
+        "max": _round(values[-1]) if values else None,
     }
 
 
@@ -106,25 +110,44 @@ def _round(value: float | None) -> float | None:
 
 
 def summarize(samples: Sequence[Sample], seconds: float) -> dict[str, Any]:
-    """Aggregate ``samples`` that fall in a window of ``seconds``: rates, percentiles, tokens, errors."""
-    errors = [s for s in samples if s.is_error]
-    output = sum(s.output_tokens for s in samples)
-    decode = [s.tokens_per_s for s in samples if s.tokens_per_s is not None]
+    """Aggregate ``samples`` that fall in a window of ``seconds``: rates, percentiles, tokens, errors.
+
+    One pass over the samples (this runs for every group and window of a ``/metrics`` read).
+    """
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    decode: list[float] = []
+    error_types: Counter[str] = Counter()
+    inputs = outputs = cached = local = 0
+    for s in samples:
+        latencies.append(s.latency_ms)
+        if s.ttft_ms is not None:
+            ttfts.append(s.ttft_ms)
+        if s.tokens_per_s is not None:
+            decode.append(s.tokens_per_s)
+        if s.error_type is not None or s.status >= 400:
+            error_types[s.error_type or f"http_{s.status}"] += 1
+        inputs += s.input_tokens
+        outputs += s.output_tokens
+        cached += s.cached_tokens
+        local += s.local
+    n = len(latencies)
+    errors = sum(error_types.values())
     return {
-        "requests": len(samples),
-        "request_rate": round(len(samples) / seconds, 4) if seconds > 0 else 0.0,
-        "errors": len(errors),
-        "error_rate": round(len(errors) / len(samples), 4) if samples else 0.0,
-        "error_types": dict(Counter(s.error_type or f"http_{s.status}" for s in errors)),
-        "latency_ms": _distribution([s.latency_ms for s in samples]),
-        "ttft_ms": _distribution([s.ttft_ms for s in samples if s.ttft_ms is not None]),
-        "input_tokens": sum(s.input_tokens for s in samples),
-        "output_tokens": output,
-        "cached_tokens": sum(s.cached_tokens for s in samples),
-        "output_tokens_per_s": round(output / seconds, 3) if seconds > 0 else 0.0,
+        "requests": n,
+        "request_rate": round(n / seconds, 4) if seconds > 0 else 0.0,
+        "errors": errors,
+        "error_rate": round(errors / n, 4) if n else 0.0,
+        "error_types": dict(error_types),
+        "latency_ms": _distribution(latencies),
+        "ttft_ms": _distribution(ttfts),
+        "input_tokens": inputs,
+        "output_tokens": outputs,
+        "cached_tokens": cached,
+        "output_tokens_per_s": round(outputs / seconds, 3) if seconds > 0 else 0.0,
         "decode_tokens_per_s": _round(sum(decode) / len(decode)) if decode else None,
-        "local": sum(1 for s in samples if s.local),
-        "remote": sum(1 for s in samples if not s.local),
+        "local": local,
+        "remote": n - local,
     }
 
 
@@ -193,7 +216,7 @@ class MetricsStore:
         self.enabled = enabled
         self.clock = clock
         self.started = clock()
-        self.samples: deque[Sample] = deque()
+        self.samples: deque[Sample] = deque(maxlen=MAX_SAMPLES)
         self.recent_errors: deque[Sample] = deque(maxlen=RECENT_ERRORS)
         self.lifetime = Lifetime()
         self._lock = threading.Lock()
@@ -233,12 +256,16 @@ class MetricsStore:
         uptime = max(now - self.started, 1e-9)
         windows = self.windows()
 
-        def in_window(secs: float) -> list[Sample]:
-            return [s for s in samples if s.time >= now - secs]
+        # Samples are appended when requests finish but carry their start time: sort (nearly sorted, cheap)
+        # so that every window is a suffix found by bisection, and each group is split out in one pass.
+        samples.sort(key=operator.attrgetter("time"))
+
+        def suffixes(part: list[Sample]) -> dict[str, list[Sample]]:
+            times = [s.time for s in part]
+            return {name: part[bisect.bisect_left(times, now - secs):] for name, secs in windows.items()}
 
         # A window younger than the server is measured over the uptime, so rates are not diluted.
         spans = {name: min(secs, uptime) for name, secs in windows.items()}
-        window_samples = {name: in_window(secs) for name, secs in windows.items()}
         body: dict[str, Any] = {
             "version": 1,
             "time": now,
@@ -247,11 +274,18 @@ class MetricsStore:
             "retention_minutes": self.retention_s / 60,
             "retention_enabled": self.enabled,
             "totals": self._totals(),
-            "windows": {name: summarize(window_samples[name], spans[name]) for name in windows},
+            "windows": {name: summarize(part, spans[name]) for name, part in suffixes(samples).items()},
         }
-        for group in GROUPS:
-            body[f"by_{group}"] = _grouped(window_samples, spans, operator.attrgetter(group))
-        body["by_format"] = _grouped(window_samples, spans, lambda s: f"{s.format_in}->{s.format_out or '-'}")
+        keys: dict[str, Callable[[Sample], str]] = {g: operator.attrgetter(g) for g in GROUPS}
+        keys["format"] = lambda s: f"{s.format_in}->{s.format_out or '-'}"
+        for group, key in keys.items():
+            split: dict[str, list[Sample]] = {}
+            for sample in samples:
+                split.setdefault(key(sample), []).append(sample)
+            body[f"by_{group}"] = {
+                name: {w: summarize(part, spans[w]) for w, part in suffixes(split[name]).items()}
+                for name in sorted(split)
+            }
         body["series"] = series(samples, now, min(self.retention_s, max(uptime, 60.0)), bucket_s)
         with self._lock:
             errors = list(self.recent_errors)
@@ -273,16 +307,6 @@ class MetricsStore:
             "output_tokens": tokens["output"],
             "cached_tokens": tokens["cached"],
         }
-
-
-def _grouped(
-    window_samples: dict[str, list[Sample]], spans: dict[str, float], key: Callable[[Sample], str]
-) -> dict[str, dict[str, Any]]:
-    names = sorted({key(s) for samples in window_samples.values() for s in samples})
-    return {
-        name: {w: summarize([s for s in samples if key(s) == name], spans[w]) for w, samples in window_samples.items()}
-        for name in names
-    }
 
 
 def series(samples: Iterable[Sample], now: float, span_s: float, bucket_s: float | None = None) -> dict[str, Any]:
