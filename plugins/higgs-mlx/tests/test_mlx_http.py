@@ -14,11 +14,16 @@ QUESTION = "hello there"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama, tiny_llama_no_template):
+def served(tiny_llama, tiny_llama_no_template):
     app = mlx_app({"models": [{"path": str(tiny_llama), "name": "tiny"},
                               {"path": str(tiny_llama_no_template), "name": "plain"}]})
     with serve_in_thread(app, timeout=120) as url:
-        yield url
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +117,32 @@ def test_context_overflow_is_a_400_in_both_formats(oai, claude):
 def test_models_are_listed(oai):
     ids = {m.id for m in oai.models.list()}
     assert {"tiny", "plain"} <= ids
+
+
+def test_client_disconnect_frees_the_engine(served):
+    """A streaming client that hangs up mid-answer: the gateway cancels, the engine drops the job."""
+    import http.client
+    import json
+    import time
+
+    from higgs.server.keys import PROVIDERS
+
+    url, app = served
+    local = app[PROVIDERS]["higgs"]
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = {"model": "tiny", "stream": True, "max_tokens": 4000, "temperature": 1.0, "seed": 5,
+            "messages": [{"role": "user", "content": "talk for a long time"}]}
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    response.fp.readline()  # the first SSE line: generation is under way
+    assert local.state()["active_requests"] == 1
+    completed = local.state()["completed_requests"]
+    conn.sock.close()  # hang up without reading the rest
+    conn.close()
+    deadline = time.monotonic() + 10
+    while local.state()["active_requests"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert local.state()["active_requests"] == 0
+    assert local.state()["completed_requests"] == completed  # dropped, not run to the end
