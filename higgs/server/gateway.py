@@ -37,7 +37,7 @@ from higgs.messages import ModelInfo, StreamError, StreamEvent, StreamStart, Usa
 from higgs.records import RequestRecord
 from higgs.registry import Registry
 from higgs.server import keys
-from higgs.server.streaming import StreamStats, guard_events, idle_limited, write_stream
+from higgs.server.streaming import StreamStats, Tee, guard_events, idle_limited, passthrough_usage, write_stream
 
 log = logging.getLogger("higgs.gateway")
 
@@ -155,8 +155,8 @@ class Gateway:
             has_next = index + 1 < len(decision.providers)
             try:
                 if provider.upstream_format == fmt.name and not provider.local:
-                    response = await self._passthrough(request, fmt, provider, call, body, body_bytes, decision,
-                                                       has_next)
+                    response = await self._passthrough(request, fmt, operation, provider, call, body, body_bytes,
+                                                       decision, has_next, record, started)
                 else:
                     response = await self._translate(request, fmt, operation, provider, call, canonical, decision,
                                                      record, started)
@@ -204,9 +204,9 @@ class Gateway:
 
     # -- pass-through -------------------------------------------------------------------------------
 
-    async def _passthrough(self, request: web.Request, fmt: WireFormat, provider: Provider, call: CallContext,
-                           body: dict[str, Any], body_bytes: bytes, decision: RouteDecision,
-                           has_next: bool) -> web.StreamResponse:
+    async def _passthrough(self, request: web.Request, fmt: WireFormat, operation: Operation, provider: Provider,
+                           call: CallContext, body: dict[str, Any], body_bytes: bytes, decision: RouteDecision,
+                           has_next: bool, record: RequestRecord, started: float) -> web.StreamResponse:
         if body.get("model") != decision.model:
             body_bytes = json.dumps(fmt.rewrite_model(body, decision.model)).encode()
         headers = [(k, v) for k, v in self._forwardable(request).items() if k.lower() not in HOP_BY_HOP]
@@ -226,11 +226,19 @@ class Gateway:
         _route_headers(response, provider.name, decision)
         request[keys.STREAM] = response
         _disarm_deadline(request)
+        tee = Tee()
         try:
-            await write_stream(response, request, idle_limited(upstream.body, self.settings.server.timeout))
+            await write_stream(response, request, tee.wrap(idle_limited(upstream.body, self.settings.server.timeout)))
         finally:
             if upstream.close is not None:
                 await upstream.close()
+        if tee.first_chunk is not None and record.stream:
+            record.ttft_ms = (tee.first_chunk - started) * 1000
+        data = tee.data
+        if upstream.status < 400 and data:
+            usage = await passthrough_usage(fmt, operation, response.headers.get("content-type", ""), data)
+            if usage is not None:
+                _usage(record, usage)
         return response
 
     # -- translation --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from higgs.errors import ApiError
+from higgs.interfaces import WireFormat
 from higgs.messages import (
     BlockDelta,
     ErrorInfo,
@@ -107,6 +109,68 @@ async def idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float) -> Asy
             log.warning("pass-through upstream sent nothing for %.0f s; stream closed", idle_timeout)
             return
         yield chunk
+
+
+class Tee:
+    """Pass chunks through while keeping a copy (up to ``limit`` bytes) and the time of the first one."""
+
+    def __init__(self, limit: int = 4 * 1024 * 1024) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.first_chunk: float | None = None
+        self.overflow = False
+
+    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Yield ``chunks`` unchanged, recording them."""
+        async for chunk in chunks:
+            if self.first_chunk is None and chunk:
+                self.first_chunk = time.perf_counter()
+            if not self.overflow:
+                self.size += len(chunk)
+                if self.size > self.limit:
+                    self.overflow, self.parts = True, []
+                else:
+                    self.parts.append(chunk)
+            yield chunk
+
+    @property
+    def data(self) -> bytes | None:
+        """Everything that passed, or None past the limit."""
+        return None if self.overflow else b"".join(self.parts)
+
+
+async def passthrough_usage(fmt: WireFormat, operation: str, content_type: str, data: bytes) -> Usage | None:
+    """Token usage of a passed-through response, read with the format's upstream parsers (None if unknown).
+
+    Runs after the client has its last byte, so it adds no latency; any parsing problem just means no
+    usage in the request record.
+    """
+    try:
+        if content_type.startswith("text/event-stream"):
+            if operation != "chat":
+                return None
+
+            async def single() -> AsyncIterator[bytes]:
+                yield data
+
+            usage = Usage()
+            async for event in fmt.parse_upstream_chat_stream(single()):
+                if isinstance(event, StreamStart):
+                    usage = event.usage.model_copy()
+                elif isinstance(event, StreamFinish):
+                    usage = _merge(usage, event.usage)
+            return usage
+        body = json.loads(data)
+        if operation == "chat":
+            return fmt.parse_upstream_chat(body).usage
+        if operation == "completion":
+            return fmt.parse_upstream_completion(body).usage
+        if operation == "embedding":
+            return fmt.parse_upstream_embedding(body).usage
+    except Exception:
+        log.debug("no usage from a %s pass-through response", operation, exc_info=True)
+    return None
 
 
 def _observe(event: StreamEvent, stats: StreamStats) -> None:

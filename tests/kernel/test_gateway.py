@@ -363,3 +363,57 @@ async def test_record_of_an_internal_error_has_status_500():
         assert (await client.post("/v1/chat/completions", json=CHAT)).status == 500
     assert records.records[0].status == 500 and records.records[0].error_type == "api_error"
     assert records.records[0].provider == "higgs"
+
+
+OPENAI_COMPLETION = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-x",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+}
+ANTHROPIC_STREAM = b"".join(
+    f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 13, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "hello"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": 9}}),
+        ("message_stop", {"type": "message_stop"}),
+    ])
+
+
+async def test_passthrough_records_usage_and_ttft_without_touching_the_bytes():
+    from higgs.interfaces import RawResponse
+
+    records = Records()
+
+    def upstream_returning(content_type, payload, fmt):
+        provider = FakeProvider(models=["m"], upstream_format=fmt)
+
+        async def passthrough(raw, call):
+            async def body():
+                yield payload[:20]
+                yield payload[20:]
+            return RawResponse(status=200, headers=[("content-type", content_type)], body=body())
+
+        provider.passthrough = passthrough
+        return provider
+
+    oai = upstream_returning("application/json", json.dumps(OPENAI_COMPLETION).encode(), "openai")
+    ant = upstream_returning("text/event-stream", ANTHROPIC_STREAM, "anthropic")
+    app = build_app(providers={"oai": oai, "ant": ant}, plugins=[
+        records, router_plugin(FixedRouter(["oai"], models=["gpt-x"])),
+        router_plugin(FixedRouter(["ant"], models=["claude-x"], name="fixed-2"), order=6)])
+    async with app_client(app) as client:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-x"})
+        assert await resp.json() == OPENAI_COMPLETION
+        resp = await client.post("/v1/messages", json={**MESSAGES, "model": "claude-x", "stream": True})
+        assert await resp.read() == ANTHROPIC_STREAM
+    first, second = records.records
+    assert (first.input_tokens, first.output_tokens, first.format_out) == (11, 7, "openai")
+    assert (second.input_tokens, second.output_tokens, second.stream) == (13, 9, True)
+    assert second.ttft_ms is not None and second.ttft_ms <= second.latency_ms
