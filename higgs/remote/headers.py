@@ -30,9 +30,11 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 def filter_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
     """Headers minus ``drop`` and those listed in ``Connection``; repeated headers are kept in order."""
-    pairs = list(headers)
-    dropped = drop | _connection_tokens(pairs)
-    return [(k, v) for k, v in pairs if k.lower() not in dropped and not k.lower().startswith("x-higgs-")]
+    lowered = [(k.lower(), k, v) for k, v in headers]
+    dropped = drop
+    if any(low == "connection" for low, _, _ in lowered):
+        dropped = drop | _connection_tokens((k, v) for _, k, v in lowered)
+    return [(k, v) for low, k, v in lowered if low not in dropped and not low.startswith("x-higgs-")]
 
 
 def client_credentials(headers: Mapping[str, str]) -> list[str]:
