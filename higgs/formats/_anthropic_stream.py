@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
+from pydantic import ValidationError
+
 from higgs.errors import ApiError
 from higgs.formats._anthropic_chat import content_json, parse_usage, stop_reason, usage_json
 from higgs.formats._common import anthropic_tool_id
@@ -183,14 +185,59 @@ def _implied_block(event: BlockDelta) -> ContentBlock:
     return TextBlock(text="")
 
 
+class _EventParser:
+    """State for turning Anthropic stream events into canonical events."""
+
+    def __init__(self, error_info: Callable[[dict[str, Any]], ErrorInfo]) -> None:
+        self.error_info = error_info
+        self.usage = Usage()
+        self.stop: StopReason | None = None
+        self.stop_sequence: str | None = None
+        self.started = False
+        self.done = False
+
+    def event(self, kind: str, data: dict[str, Any]) -> list[StreamEvent]:
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.usage = parse_usage(message.get("usage"))
+            self.started = True
+            return [StreamStart(id=str(message.get("id") or new_id("msg")), model=str(message.get("model") or ""),
+                                usage=self.usage)]
+        if kind == "content_block_start":
+            raw = data.get("content_block") or {}
+            index = int(data.get("index", 0))
+            events: list[StreamEvent] = [BlockStart(index=index, block=_start_block(raw))]
+            initial = _initial_delta(_start_block(raw, keep=True))
+            if initial is not None and not isinstance(initial, ToolArgsDelta):
+                events.append(BlockDelta(index=index, delta=initial))
+            return events
+        if kind == "content_block_delta":
+            delta = _parse_delta(data.get("delta") or {})
+            return [BlockDelta(index=int(data.get("index", 0)), delta=delta)] if delta is not None else []
+        if kind == "content_block_stop":
+            return [BlockStop(index=int(data.get("index", 0)))]
+        if kind == "message_delta":
+            delta = data.get("delta") or {}
+            self.stop = stop_reason(delta.get("stop_reason")) or self.stop
+            if isinstance(delta.get("stop_sequence"), str):
+                self.stop_sequence = delta["stop_sequence"]
+            self.usage = parse_usage(data.get("usage"), self.usage)
+            return []
+        if kind == "message_stop":
+            self.done = True
+            return [StreamFinish(stop_reason=self.stop or "end_turn", stop_sequence=self.stop_sequence,
+                                 usage=self.usage)]
+        if kind == "error":
+            self.done = True
+            return [StreamError(error=self.error_info(data))]
+        return []  # ping, and event types added later
+
+
 async def parse_stream(
     chunks: AsyncIterator[bytes], error_info: Callable[[dict[str, Any]], ErrorInfo]
 ) -> AsyncIterator[StreamEvent]:
     """Canonical events from an upstream Anthropic Messages stream, one SSE event at a time."""
-    usage = Usage()
-    stop: StopReason | None = None
-    stop_sequence: str | None = None
-    started = False
+    state = _EventParser(error_info)
     async with aclosing(iter_events(chunks)) as sse_events:
         async for sse in sse_events:
             try:
@@ -200,40 +247,19 @@ async def parse_stream(
                 continue
             if not isinstance(data, dict):
                 continue
-            kind = data.get("type") or sse.event
-            if kind == "message_start":
-                message = data.get("message") or {}
-                usage = parse_usage(message.get("usage"))
-                started = True
-                yield StreamStart(id=str(message.get("id") or new_id("msg")), model=str(message.get("model") or ""),
-                                  usage=usage)
-            elif kind == "content_block_start":
-                raw = data.get("content_block") or {}
-                index = int(data.get("index", 0))
-                yield BlockStart(index=index, block=_start_block(raw))
-                initial = _initial_delta(_start_block(raw, keep=True))
-                if initial is not None and not isinstance(initial, ToolArgsDelta):
-                    yield BlockDelta(index=index, delta=initial)
-            elif kind == "content_block_delta":
-                delta = _parse_delta(data.get("delta") or {})
-                if delta is not None:
-                    yield BlockDelta(index=int(data.get("index", 0)), delta=delta)
-            elif kind == "content_block_stop":
-                yield BlockStop(index=int(data.get("index", 0)))
-            elif kind == "message_delta":
-                delta = data.get("delta") or {}
-                stop = stop_reason(delta.get("stop_reason")) or stop
-                if isinstance(delta.get("stop_sequence"), str):
-                    stop_sequence = delta["stop_sequence"]
-                usage = parse_usage(data.get("usage"), usage)
-            elif kind == "message_stop":
-                yield StreamFinish(stop_reason=stop or "end_turn", stop_sequence=stop_sequence, usage=usage)
+            try:
+                events = state.event(str(data.get("type") or sse.event), data)
+            except (KeyError, TypeError, AttributeError, ValueError, ValidationError) as err:
+                log.warning("unreadable upstream stream event: %s", err)
+                yield StreamError(error=ErrorInfo(status=502, kind="api_error",
+                                                  message="The upstream sent an unreadable stream event."))
                 return
-            elif kind == "error":
-                yield StreamError(error=error_info(data))
+            for event in events:
+                yield event
+            if state.done:
                 return
-            # ping and event types added later are ignored
-    message = "The upstream stream ended before message_stop." if started else "The upstream sent an empty stream."
+    message = ("The upstream stream ended before message_stop." if state.started
+               else "The upstream sent an empty stream.")
     yield StreamError(error=ErrorInfo(status=502, kind="api_error", message=message))
 
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
+from pydantic import ValidationError
+
 from higgs.errors import ApiError
 from higgs.formats._common import compact_json, kind_for_status
 from higgs.formats._openai_response import FINISH_TO_STOP, finish_reason, parse_usage, usage_json
@@ -242,7 +244,14 @@ async def parse_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEven
             if "error" in data or sse.event == "error":
                 yield StreamError(error=upstream_error_info(data))
                 return
-            for event in state.chunk(data):
+            try:
+                events = state.chunk(data)
+            except (KeyError, TypeError, AttributeError, ValueError, ValidationError) as err:
+                log.warning("unreadable upstream stream chunk: %s", err)
+                yield StreamError(error=ErrorInfo(status=502, kind="api_error",
+                                                  message="The upstream sent an unreadable stream chunk."))
+                return
+            for event in events:
                 yield event
     if state.started and state.stop is not None:
         # Some servers end after the finish_reason (and usage) chunks without ``[DONE]``.

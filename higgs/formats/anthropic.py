@@ -133,7 +133,12 @@ class AnthropicFormat(WireFormat):
 
     def parse_upstream_chat(self, body: dict[str, Any]) -> ChatResponse:
         """Canonical response from a ``message`` body."""
-        return chat.parse_response(expect_dict(body, "body"))
+        if not isinstance(body, dict):
+            raise ValueError("unreadable upstream response: not a JSON object")
+        try:
+            return chat.parse_response(body)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"unreadable upstream response: {err}") from err
 
     def parse_upstream_chat_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
         """Canonical events from a Messages stream, incrementally."""

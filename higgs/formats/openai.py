@@ -347,7 +347,12 @@ class OpenAIFormat(WireFormat):
 
     def parse_upstream_chat(self, body: dict[str, Any]) -> ChatResponse:
         """Canonical response from a ``chat.completion`` body."""
-        return answers.parse_response(expect_dict(body, "body"))
+        if not isinstance(body, dict):
+            raise ValueError("unreadable upstream response: not a JSON object")
+        try:
+            return answers.parse_response(body)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"unreadable upstream response: {err}") from err
 
     def parse_upstream_chat_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
         """Canonical events from a chat stream, incrementally."""

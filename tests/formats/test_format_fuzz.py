@@ -83,3 +83,22 @@ def test_structured_messages_never_crash(messages, client):
         return
     fmt.build_upstream_chat(request)
     other.build_upstream_chat(request.model_copy(update={"n": 1}))
+
+
+async def test_unreadable_upstream_answers_are_502_not_crashes():
+    from fmt_helpers import aiter_bytes, collect
+
+    from higgs.messages import StreamError
+
+    for fmt, body in ((oa, b'data: {"id":"x","choices":"nope"}\n\n'),
+                      (an, b'event: content_block_start\ndata: {"type":"content_block_start","index":"a"}\n\n')):
+        events = await collect(fmt.parse_upstream_chat_stream(aiter_bytes([body])))
+        assert isinstance(events[-1], StreamError) and events[-1].error.status == 502
+    for fmt, answer in ((oa, {"choices": [{"message": {"tool_calls": [5]}}]}), (oa, []),
+                        (an, {"content": "text", "usage": 3}), (an, {"content": [{"type": "tool_use", "input": 7}]})):
+        try:
+            result = fmt.parse_upstream_chat(answer)
+        except ValueError as err:  # the provider turns this into a 502
+            assert "unreadable" in str(err) or "validation" in str(err)
+            continue
+        assert result.content is not None
