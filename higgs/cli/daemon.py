@@ -382,18 +382,18 @@ def start(
 def stop(
     *,
     profile: str | None = None,
-    all: Annotated[bool, Parameter(name="--all", negative="")] = False,
+    all_profiles: Annotated[bool, Parameter(name="--all", negative="")] = False,
     timeout: float = DEFAULT_STOP_TIMEOUT,
 ) -> int:
     """Stop the background server of a profile (SIGTERM, then SIGKILL after ``timeout`` seconds).
 
     Args:
         profile: profile name; default profile when omitted.
-        all: stop every running profile.
+        all_profiles: stop every running profile.
         timeout: seconds to wait after SIGTERM before SIGKILL.
     """
-    profiles = [i.profile for i in list_instances()] if all else [profile]
-    if all and not profiles:
+    profiles = [i.profile for i in list_instances()] if all_profiles else [profile]
+    if all_profiles and not profiles:
         print("no higgs instance is running")
         return 0
     code = 0

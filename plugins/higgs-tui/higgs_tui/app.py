@@ -8,8 +8,9 @@ stale and retries, so the dashboard survives a server restart.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult
@@ -97,9 +98,13 @@ class Dashboard(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
-    def __init__(self, url: str, *, api_key: str | None = None, interval: float = 1.0, title: str = "") -> None:
+    def __init__(self, url: str, *, api_key: str | None = None, interval: float = 1.0, title: str = "",
+                 locate: Callable[[], str | None] | None = None) -> None:
         super().__init__()
         self.client = MetricsClient(url, api_key=api_key)
+        self.api_key = api_key
+        #: Finds the server again when it stops answering (a profile restarted on another port).
+        self.locate = locate
         self.interval = interval
         self.sub_title = f"{title + ' · ' if title else ''}{url}"
         self.connected = False
@@ -176,6 +181,7 @@ class Dashboard(App[None]):
             self.connected = False
             self.last_error = str(err)
             snapshot = None
+            await self._relocate()
         else:
             self.connected, self.last, self.last_ok, self.last_error = True, snapshot, time.time(), None
         try:
@@ -184,6 +190,19 @@ class Dashboard(App[None]):
                 self.render_snapshot(snapshot)
         except NoMatches:  # the app is shutting down while a poll was in flight
             return
+
+    async def _relocate(self) -> None:
+        if self.locate is None:
+            return
+        try:
+            url = await asyncio.to_thread(self.locate)
+        except Exception:  # locating is best effort; keep retrying the old address
+            return
+        if url and url.rstrip("/") != self.client.url:
+            await self.client.close()
+            self.client = MetricsClient(url, api_key=self.api_key)
+            self.sub_title = self.sub_title.rsplit(" · ", 1)[0] + f" · {self.client.url}" \
+                if " · " in self.sub_title else self.client.url
 
     def _show_status(self) -> None:
         status = self.query_one("#status", Static)

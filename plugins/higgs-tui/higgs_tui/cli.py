@@ -54,7 +54,9 @@ def attach(
         if server is None:
             return 1
     try:
-        Dashboard(target, api_key=api_key or key, interval=interval, title=f"profile {profile or 'default'}").run()
+        locate = None if (url or serve) else (lambda: resolve_target(profile, None)[0])
+        Dashboard(target, api_key=api_key or key, interval=interval, title=f"profile {profile or 'default'}",
+                  locate=locate).run()
     finally:
         if server is not None:
             from higgs.runtime import terminate

@@ -151,3 +151,23 @@ def test_registration_and_formatting():
     assert [s.name for s in specs] == ["attach"] and specs[0].target == "higgs_tui.cli:attach"
     assert fmt_ms(None) == "-" and fmt_ms(12.4) == "12 ms" and fmt_ms(1500) == "1.50 s"
     assert fmt_bytes(2048) == "2.0 KiB" and fmt_bytes(None) == "-"
+
+
+async def test_follows_a_profile_restarted_on_another_port():
+    first, second = free_port(), free_port()
+    where = {"url": f"http://127.0.0.1:{first}"}
+    runner = await start_server(first)
+    app = Dashboard(where["url"], interval=0.2, title="profile p", locate=lambda: where["url"])
+    try:
+        async with app.run_test() as pilot:
+            await pilot.pause(0.4)
+            assert app.connected
+            await runner.cleanup()
+            runner = await start_server(second)
+            where["url"] = f"http://127.0.0.1:{second}"
+            await pilot.pause(0.8)
+            assert app.connected and app.client.url == where["url"]
+            assert app.sub_title == f"profile p · http://127.0.0.1:{second}"
+            await pilot.press("q")
+    finally:
+        await runner.cleanup()
