@@ -6,7 +6,7 @@ Schema (TOML): ``[server]``, ``[[models]]``, ``[provider.NAME]``, ``[[routes]]``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -85,6 +85,10 @@ class AutoRouterSettings(_Section):
     force: bool = False
     model: str | None = None
     timeout_ms: int = Field(2000, ge=1)
+    history_tokens: int = Field(2048, ge=16, description="classifier tokens of conversation shown (most recent kept)")
+    answer: Literal["constrained", "lenient"] = Field(
+        "constrained", description="constrained: decode only a candidate name or 'none'; lenient: parse free text")
+    cache_size: int = Field(4096, ge=0, description="decisions remembered by conversation prefix; 0 = off")
 
 
 class RetentionSettings(_Section):

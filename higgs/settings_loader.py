@@ -232,7 +232,9 @@ def semantic_problems(settings: HiggsSettings) -> list[tuple[str, str]]:
     for i, route in enumerate(settings.routes):
         key = f"routes[{i}]"
         if not route.pattern:
-            problems.append((f"{key}.pattern", "missing: every route needs a regular expression on the model name"))
+            if not (route.name and route.description):  # name + description, no pattern: auto-router only
+                problems.append((f"{key}.pattern", "missing: every route needs a regular expression on the model "
+                                                   "name (or a name and a description, for the auto-router only)"))
         else:
             try:
                 re.compile(route.pattern)
@@ -251,6 +253,7 @@ def semantic_problems(settings: HiggsSettings) -> list[tuple[str, str]]:
                 problems.append((f"{key}.name", f"duplicate route name '{route.name}' "
                                                 f"(also routes[{seen_names[route.name]}])"))
             seen_names.setdefault(route.name, i)
+    problems += auto_router_problems(settings)
     if settings.default.provider not in known:
         problems.append(("default.provider", f"unknown provider '{settings.default.provider}' "
                                              f"(known: {', '.join(sorted(known))})"))
@@ -260,6 +263,39 @@ def semantic_problems(settings: HiggsSettings) -> list[tuple[str, str]]:
         if alias in names:
             problems.append((f"models[{i}]", f"duplicate model '{alias}' (also models[{names[alias]}])"))
         names.setdefault(alias, i)
+    return problems
+
+
+#: Answers the auto-router reserves for "no route fits"; candidate routes cannot use them as names.
+AUTO_ROUTER_RESERVED = ("none", "other")
+_CONTROL = re.compile(r'["\\\x00-\x1f]')
+
+
+def auto_router_problems(settings: HiggsSettings) -> list[tuple[str, str]]:
+    """``[auto_router]`` rules: candidate route names the classifier can answer with, and a classifier model."""
+    problems: list[tuple[str, str]] = []
+    candidates = [(i, r) for i, r in enumerate(settings.routes) if r.name and r.description]
+    for i, route in candidates:
+        name = route.name or ""
+        if name.strip().lower() in AUTO_ROUTER_RESERVED:
+            problems.append((f"routes[{i}].name", f"'{name}' is the auto-router's answer for 'no route fits'; "
+                                                  "choose another name for a route with a description"))
+        elif not name.strip() or _CONTROL.search(name):
+            problems.append((f"routes[{i}].name", f"{name!r}: a route the auto-router can pick needs a name "
+                                                  "without quotes, backslashes or control characters"))
+    auto = settings.auto_router
+    if not auto.enabled:
+        return problems
+    if auto.model is None:
+        if settings.models:
+            problems.append(("auto_router.model", "missing: name the [[models]] entry (name or path) that "
+                                                  "classifies requests, e.g. katanemo/Arch-Router-1.5B"))
+    else:
+        served = {n for m in settings.models for n in (m.name, m.path) if n} or {"default"}
+        if not {auto.model, expand_path(auto.model)} & served:
+            listed = ", ".join(sorted(served))
+            problems.append(("auto_router.model", f"'{auto.model}' is not a local model; add it as a [[models]] "
+                                                  f"entry (path = ...) or use one of: {listed}"))
     return problems
 
 

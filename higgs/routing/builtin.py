@@ -72,6 +72,11 @@ class _Route:
     settings: RouteSettings
 
 
+def auto_only(route: RouteSettings) -> bool:
+    """A route with a name and a description but no pattern is a candidate of the auto-router only."""
+    return not route.pattern and bool(route.name and route.description)
+
+
 def _route_label(index: int, route: RouteSettings) -> str:
     return route.name or route.pattern or f"#{index + 1}"
 
@@ -110,7 +115,8 @@ class PatternRouter(Router):
         self._services = services
         self._settings = settings
         providers = provider_map(services)
-        self.routes = [_compile(i, route, providers) for i, route in enumerate(settings.routes)]
+        self.routes = [_compile(i, route, providers) for i, route in enumerate(settings.routes)
+                       if not auto_only(route)]
 
     def match(self, model: str) -> _Route | None:
         """The first route whose pattern matches ``model``."""
@@ -165,6 +171,8 @@ def route_aliases(settings: HiggsSettings) -> list[tuple[str, str, str]]:
     """``(alias, target model, provider)`` for routes that rewrite one literal name to a concrete model."""
     found = []
     for route in settings.routes:
+        if auto_only(route):
+            continue
         literal = literal_name(route.pattern) if route.pattern is not None else route.name
         target = route.providers[0] if route.providers else route.provider
         if route.model and literal and target:
