@@ -37,17 +37,26 @@ class RotatingJsonlWriter:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Set when the file cannot be opened: records are dropped instead of piling up in memory.
+        self.failed = False
 
     def start(self) -> None:
         """Start the writer thread (idempotent)."""
         with self._lock:
             if self._thread is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    self.failed = True
+                    log.warning("metrics log %s: cannot create its folder: %s", self.path, err)
+                    return
                 self._thread = threading.Thread(target=self._run, name="higgs-metrics-jsonl", daemon=True)
                 self._thread.start()
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue one record; never blocks on I/O."""
+        if self.failed:
+            return
         if self._thread is None:
             self.start()
         self._queue.put(record)
@@ -80,7 +89,8 @@ class RotatingJsonlWriter:
                 except OSError as err:
                     log.warning("metrics log %s: write failed: %s", self.path, err)
         except OSError as err:
-            log.warning("metrics log %s cannot be opened: %s", self.path, err)
+            self.failed = True
+            log.warning("metrics log %s cannot be opened (request records are not logged): %s", self.path, err)
         finally:
             if handle is not None:
                 handle.close()

@@ -155,3 +155,13 @@ def test_jsonl_single_file_stays_bounded(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]
     assert path.stat().st_size <= 500
     assert json.loads(path.read_text().splitlines()[-1]) == {"i": 49}
+
+
+def test_jsonl_unwritable_path_drops_records_without_growing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    writer = RotatingJsonlWriter(blocker / "sub" / "m.jsonl", max_bytes=100, max_files=2)
+    writer.write({"i": 1})
+    writer.write({"i": 2})
+    writer.close()
+    assert writer.failed and writer._queue.qsize() == 0
