@@ -85,7 +85,7 @@ def _describe(name: str, provider: Any) -> dict[str, Any]:
     if provider is None:
         return {"name": name, "missing": True}
     state = provider.state() if hasattr(provider, "state") else {}
-    return {"name": name, "local": bool(getattr(provider, "local", False)),
+    return {"name": name, "local": bool(getattr(provider, "local", False)), "class": type(provider).__name__,
             "format": getattr(provider, "upstream_format", None), "url": state.get("url")}
 
 
@@ -108,6 +108,8 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(f"  {label:10} {p['name']} (not configured!)")
             elif p["local"]:
                 lines.append(f"  {label:10} {p['name']} (local engine)")
+            elif not p["format"]:
+                lines.append(f"  {label:10} {p['name']} ({p['class']}; answers every client format itself)")
             else:
                 lines.append(f"  {label:10} {p['name']} ({p['format']} format, {p['url']}); "
                              f"{p['format']} clients pass through, others are translated")
