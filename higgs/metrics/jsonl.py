@@ -55,11 +55,10 @@ class RotatingJsonlWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue one record; never blocks on I/O."""
-        if self.failed:
-            return
-        if self._thread is None:
+        if self._thread is None and not self.failed:
             self.start()
-        self._queue.put(record)
+        if not self.failed:
+            self._queue.put(record)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is queued and stop the thread."""
