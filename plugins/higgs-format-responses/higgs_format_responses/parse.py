@@ -155,9 +155,11 @@ class _Turns:
 
 
 def _reasoning_block(item: dict[str, Any]) -> ThinkingBlock | None:
-    texts = [p.get("text", "") for p in item.get("content") or [] if isinstance(p, dict)]
-    if not texts:
-        texts = [p.get("text", "") for p in item.get("summary") or [] if isinstance(p, dict)]
+    def parts(key: str) -> list[Any]:
+        value = item.get(key)
+        return [p.get("text", "") for p in value if isinstance(p, dict)] if isinstance(value, list) else []
+
+    texts = parts("content") or parts("summary")
     text = "\n\n".join(t for t in texts if isinstance(t, str) and t)
     if not text:
         return None  # an encrypted-only reasoning item means nothing to another vendor's model
@@ -177,6 +179,8 @@ def parse_input(raw: Any, tool_map: ToolMap, tools: list[Any], system: list[Text
         if not isinstance(item, dict):
             raise InvalidRequestError(f"'{where}' must be an object.", param=where)
         kind = item.get("type") or ("message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise InvalidRequestError(f"'{where}.type' must be a string.", param=f"{where}.type")
         if kind == "message":
             role = item.get("role")
             blocks = _content(item.get("content"), f"{where}.content")
@@ -254,7 +258,7 @@ def _reasoning(raw: Any) -> Reasoning | None:
     effort = raw.get("effort")
     if effort is None:
         return None
-    if effort not in _EFFORTS:
+    if not isinstance(effort, str) or effort not in _EFFORTS:
         raise InvalidRequestError(f"'reasoning.effort' must be one of {', '.join(_EFFORTS)}.",
                                   param="reasoning.effort")
     if effort == "none":

@@ -96,6 +96,8 @@ def _one_tool(tool: Any, where: str, tools: list[Tool], tool_map: ToolMap, names
     if not isinstance(tool, dict):
         raise InvalidRequestError(f"'{where}' must be an object.", param=where)
     kind = tool.get("type", "function")
+    if not isinstance(kind, str):
+        raise InvalidRequestError(f"'{where}.type' must be a string.", param=f"{where}.type")
     name = tool.get("name")
     if kind == "namespace":
         if not isinstance(name, str) or not name:
@@ -162,7 +164,7 @@ def parse_tool_choice(raw: Any, tool_map: ToolMap, parallel: Any) -> ToolChoice 
     elif isinstance(raw, dict) and raw.get("type") == "allowed_tools":
         mode = raw.get("mode", "auto")
         choice = ToolChoice(type="any" if mode == "required" else "auto")
-    elif isinstance(raw, dict) and raw.get("type") in HOSTED_TOOLS:
+    elif isinstance(raw, dict) and isinstance(raw.get("type"), str) and raw["type"] in HOSTED_TOOLS:
         choice = ToolChoice(type="auto")
     else:
         raise InvalidRequestError("'tool_choice' must be 'auto', 'none', 'required' or a tool object.",
