@@ -51,3 +51,18 @@ async def test_default_provider():
     routers, providers = build({**CONFIG, "default": {"provider": "oai"}})
     report = await explain("llama", None, routers, providers)
     assert report["decision"]["strategy"] == "default" and report["decision"]["providers"][0]["name"] == "oai"
+
+
+def test_higgs_route_command_end_to_end(tmp_path, capsys, monkeypatch):
+    """The real ``higgs route`` command: config file, installed plugins, exit status."""
+    from higgs.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no user config leaks in
+    config = tmp_path / "routes.toml"
+    config.write_text('[provider.claude]\nkind = "anthropic"\nurl = "https://api.anthropic.com"\n\n'
+                      '[[routes]]\npattern = "opus"\nprovider = "claude"\nmodel = "claude-opus-4-6"\n')
+    assert main(["route", "my-opus", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "rule:      pattern:opus" in out and "claude (anthropic format, https://api.anthropic.com)" in out
+    assert main(["route", "llama", "--config", str(config), "--json"]) == 1
+    assert '"status": 404' in capsys.readouterr().out
