@@ -14,8 +14,9 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
     "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
-#: Dropped from client requests: compression is negotiated per hop; credentials are re-issued explicitly.
-REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "authorization", "x-api-key", "cookie"}
+#: Dropped from client requests: compression is negotiated per hop (the gateway hands over the decoded,
+#: possibly re-serialized body); credentials are re-issued explicitly.
+REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "content-encoding", "authorization", "x-api-key", "cookie"}
 #: Response headers the gateway sets itself (``content-encoding`` stays: bodies are relayed undecoded).
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 
