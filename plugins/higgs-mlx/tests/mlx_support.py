@@ -134,6 +134,9 @@ def write_gguf(model_dir: Path, out: Path, qtype_for) -> dict[str, tuple[object,
         elif qtype == gguf.GGMLQuantizationType.F16:
             data = value.astype(np.float16)
             writer.add_tensor(gguf_name(name), data)
+        elif qtype.name.endswith("_K"):  # gguf-py cannot quantize k-quants: random blocks with sane scales
+            data = random_kquant_blocks(qtype, value.shape, seed=len(stored))
+            writer.add_tensor(gguf_name(name), data, raw_shape=data.shape, raw_dtype=qtype)
         else:
             data = gguf.quants.quantize(value.astype(np.float32), qtype)
             writer.add_tensor(gguf_name(name), data, raw_shape=data.shape, raw_dtype=qtype)
@@ -151,3 +154,20 @@ def write_gguf(model_dir: Path, out: Path, qtype_for) -> dict[str, tuple[object,
     writer.write_tensors_to_file()
     writer.close()
     return stored
+
+
+def random_kquant_blocks(qtype: Any, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Raw k-quant blocks (random quants, small positive super-block scales) for a ``rows x cols`` matrix."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = shape
+    raw = np.random.default_rng(seed).integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
+    scale = np.array([0.002], dtype=np.float16).view(np.uint8)
+    if qtype.name in ("Q4_K", "Q5_K", "Q2_K"):  # d, dmin at the start (Q2_K: at the end)
+        at = (0, 2) if qtype.name != "Q2_K" else (size - 4, size - 2)
+        for offset in at:
+            raw[:, offset : offset + 2] = scale
+    else:  # Q3_K, Q6_K: d at the end
+        raw[:, size - 2 : size] = scale
+    return raw.reshape(rows, cols // block * size)

@@ -139,3 +139,39 @@ def test_llama3_rope_freqs_become_rope_scaling(tmp_path):
     assert json.loads((dest / "config.json").read_text())["rope_scaling"] == scaling
     prompt = list(range(40, 140))
     assert greedy(dest, prompt) == greedy(original, prompt)
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K", "Q5_K"])
+def test_kquants_are_requantized_to_8_bit(tmp_path, kind):
+    """k-quant tensors (Q4_K_M files mix Q4_K and Q6_K) are dequantized and stored as 8-bit affine."""
+    import mlx.core as mx
+    from gguf import quants
+
+    from higgs_mlx.testing import build_tiny_model
+
+    qtype = GGML[kind]
+    original = build_tiny_model("llama", tmp_path / "wide", seed=6, hidden_size=256, intermediate_size=512,
+                                head_dim=64)
+    src = tmp_path / f"{kind}.gguf"
+    stored = write_gguf(original, src, lambda name: qtype if "mlp." in name or "self_attn.v" in name else GGML.F32)
+    dest = import_gguf(src, tmp_path / f"imported-{kind}")
+    arrays = mx.load(str(dest / "model.safetensors"))
+    quant = json.loads((dest / "config.json").read_text())["quantization"]
+    checked = 0
+    for name, (stored_type, data) in stored.items():
+        if stored_type != qtype:
+            continue
+        module = name.rsplit(".", 1)[0]
+        q = quant.get(module, quant)
+        assert (q["bits"], q["group_size"]) == (8, 32)
+        got = np.array(mx.dequantize(arrays[name], arrays[f"{module}.scales"].astype(mx.float32),
+                                     arrays[f"{module}.biases"].astype(mx.float32), group_size=32, bits=8))
+        reference = quants.dequantize(data, qtype).reshape(got.shape)
+        span = np.abs(reference).max()
+        assert np.abs(got - reference).max() <= span / 100, name  # 8-bit affine error, well under k-quant's own
+        checked += 1
+    assert checked >= 5
+    from higgs_mlx.loader import load_model_dir
+
+    lm = load_model_dir(dest, ARCHES, name=kind)
+    assert lm.config["quantization"]["bits"] == 8
