@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import hashlib
 import json
@@ -185,3 +186,8 @@ def error_text(body: bytes, limit: int = 500) -> str:
     """A non-JSON error body as a short message."""
     text = body.decode("utf-8", errors="replace").strip()
     return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def iso_time(timestamp: int) -> str:
+    """An RFC 3339 UTC time for a Unix timestamp (Anthropic's ``created_at``)."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -17,6 +17,7 @@ from higgs.formats._common import (
     error_text,
     expect_dict,
     invalid_as_400,
+    iso_time,
     kind_for_status,
     retry_after,
 )
@@ -111,7 +112,8 @@ class AnthropicFormat(WireFormat):
 
     def render_models(self, models: list[ModelInfo]) -> dict[str, Any]:
         """Anthropic's ``/v1/models`` page shape."""
-        data = [{"type": "model", "id": m.id, "display_name": m.id, "created_at": _iso(m.created)} for m in models]
+        data = [{"type": "model", "id": m.id, "display_name": m.id, "created_at": iso_time(m.created),
+                 "lifecycle": "active", "max_input_tokens": m.context_length} for m in models]
         return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None}
 
@@ -166,12 +168,6 @@ class AnthropicFormat(WireFormat):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """``x-api-key`` plus the API version Anthropic requires."""
         return {"x-api-key": api_key, "anthropic-version": chat.API_VERSION}
-
-
-def _iso(timestamp: int) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @hookimpl

@@ -25,6 +25,7 @@ from higgs.formats._common import (
     expect_dict,
     expect_list,
     invalid_as_400,
+    iso_time,
     kind_for_status,
     opt_bool,
     opt_int,
@@ -327,9 +328,17 @@ class OpenAIFormat(WireFormat):
                 "usage": {"prompt_tokens": response.usage.input_tokens, "total_tokens": response.usage.input_tokens}}
 
     def render_models(self, models: list[ModelInfo]) -> dict[str, Any]:
-        """``{"object": "list", "data": [model, ...]}``."""
-        return {"object": "list", "data": [{"id": m.id, "object": "model", "created": m.created,
-                                            "owned_by": m.owned_by} for m in models]}
+        """``{"object": "list", "data": [...]}``, also readable by Anthropic clients.
+
+        ``GET /v1/models`` is one route for both SDKs, so each entry carries OpenAI's fields (``object``,
+        ``created``, ``owned_by``) and Anthropic's (``type``, ``display_name``, ``created_at``), and the page
+        has Anthropic's ``has_more``/``first_id``/``last_id``. Extra fields are ignored by both.
+        """
+        data = [{"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by, "type": "model",
+                 "display_name": m.id, "created_at": iso_time(m.created), "lifecycle": "active",
+                 "max_input_tokens": m.context_length} for m in models]
+        return {"object": "list", "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}
 
     def render_count_tokens(self, count: int) -> dict[str, Any]:
         """OpenAI has no counting endpoint; higgs answers in Anthropic's shape."""

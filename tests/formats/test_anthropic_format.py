@@ -256,7 +256,8 @@ def test_count_tokens_both_sides():
 
 def test_models_page():
     out = fmt.render_models([ModelInfo(id="a", owned_by="x", created=0)])
-    assert out["data"][0] == {"type": "model", "id": "a", "display_name": "a", "created_at": "1970-01-01T00:00:00Z"}
+    assert out["data"][0] == {"type": "model", "id": "a", "display_name": "a", "created_at": "1970-01-01T00:00:00Z",
+                              "lifecycle": "active", "max_input_tokens": None}
     assert out["has_more"] is False
 
 

@@ -273,3 +273,10 @@ async def test_claude_code_traffic_to_openai_upstream_raw():
     sent = up.last
     assert [t["function"]["name"] for t in sent["tools"]] == ["Bash", "Read"]
     assert [m["role"] for m in sent["messages"]].count("system") == 3
+
+
+async def test_models_list_reads_in_both_sdks():
+    async with higgs_to("openai", models=["gpt-a", "gpt-b"]) as (url, _up):
+        assert [m.id async for m in openai_client(url).models.list()] == ["gpt-a", "gpt-b"]
+        page = [m async for m in anthropic_client(url).models.list()]
+    assert [(m.id, m.type, m.display_name) for m in page] == [("gpt-a", "model", "gpt-a"), ("gpt-b", "model", "gpt-b")]

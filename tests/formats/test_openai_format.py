@@ -379,9 +379,19 @@ def test_embeddings_float_base64_and_dimensions():
             fmt.parse_embedding(bad)
 
 
-def test_models_list():
+def test_models_list_reads_in_both_sdks():
+    import anthropic
+    import openai
+    from anthropic.pagination import SyncPage as AnthropicPage
+    from anthropic.types import ModelInfo as AnthropicModel
+    from openai.pagination import SyncPage as OpenAIPage
+    from openai.types import Model as OpenAIModel
+
     out = fmt.render_models([ModelInfo(id="a", owned_by="higgs", created=1)])
-    assert out == {"object": "list", "data": [{"id": "a", "object": "model", "created": 1, "owned_by": "higgs"}]}
+    assert out["object"] == "list" and out["data"][0] | {"id": "a", "object": "model", "created": 1,
+                                                          "owned_by": "higgs"} == out["data"][0]
+    assert openai and OpenAIPage[OpenAIModel].model_validate(out).data[0].owned_by == "higgs"
+    assert anthropic and AnthropicPage[AnthropicModel].model_validate(out).data[0].created_at.year == 1970
 
 
 @pytest.mark.parametrize(("kind", "status", "etype", "out_status"), [
