@@ -148,6 +148,11 @@ def test_second_instance_and_same_port_are_refused(fleet: Fleet):
     assert doctor.returncode == 1
     port = next(c for c in json.loads(doctor.stdout)["checks"] if c["area"] == "server")
     assert port["status"] == "fail" and "used by higgs profile 'alpha'" in port["message"]
+    mine = run_higgs(fleet.env, "doctor", "--profile", "beta", "--json")
+    checks = {(c["area"], c["name"]): c for c in json.loads(mine.stdout)["checks"]}
+    assert checks[("server", "port")]["status"] == "ok"
+    assert "held by this profile's instance" in checks[("server", "port")]["message"]
+    assert checks[("providers", "up")]["status"] == "ok"  # the fake upstream answers its model list
 
 
 def test_stale_pid_file_is_detected_and_cleaned(fleet: Fleet):
