@@ -97,7 +97,7 @@ async def test_fallback_order_on_5xx_and_unreachable(fake, backup, gateway):
 
 
 async def test_timeout_is_504_and_unreachable_is_502(fake, gateway):
-    fake.script.append(Behaviour(delay=1.5))
+    fake.script.append(Behaviour(delay=0.8))
     async with gateway(config(fake, timeout=0.3, max_retries=0)) as url:
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:

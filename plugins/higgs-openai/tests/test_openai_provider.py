@@ -156,7 +156,7 @@ async def test_connection_refused_is_502(make_provider):
 
 
 async def test_upstream_timeout_is_504(fake, make_provider):
-    fake.script.append(Behaviour(delay=1.0))
+    fake.script.append(Behaviour(delay=0.6))
     with pytest.raises(ProviderError) as info:
         await make_provider(timeout=0.2, max_retries=0).chat(chat_request(), call())
     assert info.value.status == 504 and info.value.retryable
