@@ -61,6 +61,7 @@ class ResponsesFormat(WireFormat):
             FormatRoute("POST", PATH, handler=self.handle_create),
             FormatRoute("POST", PATH + "/input_tokens", operation="count_tokens"),
             FormatRoute("GET", PATH + "/{response_id}", handler=self.handle_get),
+            FormatRoute("GET", PATH + "/{response_id}/input_items", handler=self.handle_input_items),
             FormatRoute("DELETE", PATH + "/{response_id}", handler=self.handle_delete),
         ]
 
@@ -99,6 +100,35 @@ class ResponsesFormat(WireFormat):
         if entry is None:
             raise _not_found(rid)
         return web.json_response(entry.response)
+
+    async def handle_input_items(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/responses/{id}/input_items``: the stored request's input, paginated like OpenAI's list."""
+        rid = request.match_info["response_id"]
+        entry = self.store.get(rid)
+        if entry is None:
+            raise _not_found(rid)
+        query = request.query
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidRequestError("'order' must be 'asc' or 'desc'.", param="order")
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError as err:
+            raise InvalidRequestError("'limit' must be an integer.", param="limit") from err
+        if not 1 <= limit <= 100:
+            raise InvalidRequestError("'limit' must be between 1 and 100.", param="limit")
+        items = entry.input_items if order == "asc" else entry.input_items[::-1]
+        after = query.get("after")
+        if after is not None:
+            ids = [item.get("id") for item in items]
+            if after not in ids:
+                raise InvalidRequestError(f"No input item with id '{after}'.", param="after")
+            items = items[ids.index(after) + 1:]
+        page = items[:limit]
+        return web.json_response({"object": "list", "data": page,
+                                  "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None,
+                                  "has_more": len(items) > limit})
 
     async def handle_delete(self, request: web.Request) -> web.StreamResponse:
         """``DELETE /v1/responses/{id}``: forget a stored response."""
@@ -141,7 +171,8 @@ class ResponsesFormat(WireFormat):
         instructions = parse.echo_of(request).get("instructions")
         skip = 1 if isinstance(instructions, str) and instructions else 0
         self.store.put(StoredResponse(response=response, system=list(request.system[skip:]),
-                                      messages=[m.model_copy(deep=True) for m in request.messages]))
+                                      messages=[m.model_copy(deep=True) for m in request.messages],
+                                      input_items=parse.stored_input_of(request)))
 
     def render_chat(self, response: ChatResponse, request: ChatRequest) -> dict[str, Any]:
         """A Responses object; stored unless the client sent ``store: false``."""

@@ -25,6 +25,7 @@ from higgs.messages import (
     ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
+    new_id,
 )
 from higgs_format_responses.tools import ToolMap, flat_name, log, parse_tool_choice, parse_tools
 
@@ -298,6 +299,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
         if key in extra:
             log.debug("keeping %s for pass-through only", key)
     extra[STATE_KEY] = {
+        "input": input_items(body.get("input")) if body.get("store") is not False else [],
         "tools": tool_map.dump(),
         "echo": {k: body[k] for k in ("instructions", "tools", "tool_choice", "text", "reasoning", "store",
                                       "previous_response_id", "parallel_tool_calls", "max_output_tokens",
@@ -324,6 +326,28 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
         extra=extra,
         source_format=FORMAT_NAME,
     )
+
+
+def input_items(raw: Any) -> list[dict[str, Any]]:
+    """The request's input as stored items, each with an ``id`` (for ``GET .../input_items``)."""
+    items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": raw}]}] \
+        if isinstance(raw, str) else [dict(i) for i in raw or [] if isinstance(i, dict)]
+    for item in items:
+        item.setdefault("type", "message")
+        if not isinstance(item.get("id"), str):
+            item["id"] = new_id("msg" if item["type"] == "message" else "item")
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            item["content"] = [{"type": "input_text", "text": item["content"]}]
+        if item["type"] == "message":
+            item.setdefault("status", "completed")
+    return items
+
+
+def stored_input_of(request: ChatRequest) -> list[dict[str, Any]]:
+    """The input items recorded at parse time."""
+    state = request.extra.get(STATE_KEY)
+    items = state.get("input") if isinstance(state, dict) else None
+    return items if isinstance(items, list) else []
 
 
 def tool_map_of(request: ChatRequest) -> ToolMap:

@@ -32,6 +32,7 @@ class StoredResponse:
     response: dict[str, Any]
     system: list[TextBlock] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    input_items: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ResponseStore:

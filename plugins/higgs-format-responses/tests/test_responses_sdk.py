@@ -257,3 +257,21 @@ async def test_input_tokens_endpoint(gateway, local):
             counted = await response.json()
     assert counted == {"object": "response.input_tokens", "input_tokens": 5}
     assert local.requests[-1].system_text() == "be brief"
+
+
+async def test_input_items_of_a_stored_response(gateway, local):
+    async with gateway() as url:
+        api = client(url)
+        response = await api.responses.create(model="local-model", input=[
+            {"role": "user", "content": "first"}, {"role": "assistant", "content": "reply"},
+            {"type": "message", "role": "user", "id": "msg_mine", "content": [{"type": "input_text", "text": "last"}]}])
+        newest_first = [item async for item in api.responses.input_items.list(response.id)]
+        page = await api.responses.input_items.list(response.id, order="asc", limit=2)
+        rest = await api.responses.input_items.list(response.id, order="asc", after=page.data[-1].id)
+        plain = await api.responses.create(model="local-model", input="just text")
+        single = await api.responses.input_items.list(plain.id)
+    assert [i.content[0].text for i in newest_first] == ["last", "reply", "first"]
+    assert newest_first[0].id == "msg_mine" and all(i.id for i in newest_first)
+    assert [i.content[0].text for i in page.data] == ["first", "reply"] and page.has_more
+    assert [i.id for i in rest.data] == ["msg_mine"] and not rest.has_more
+    assert single.data[0].role == "user" and single.data[0].content[0].text == "just text"
