@@ -76,6 +76,8 @@ class Job:
         emit: called on the engine thread with each ``EngineOutput``; must be thread-safe and non-blocking.
         top_logprobs: None for no logprobs, else how many alternatives to report per token (0 = only the
             chosen token's).
+        ignore_eos: keep generating through EOS tokens until ``max_tokens`` or a stop string (benchmarks,
+            vLLM's ``ignore_eos``).
     """
 
     lm: LoadedModel
@@ -86,6 +88,7 @@ class Job:
     processors: list[Callable[[Any, Any], Any]] = field(default_factory=list)
     stops: list[str] = field(default_factory=list)
     top_logprobs: int | None = None
+    ignore_eos: bool = False
     cancelled: bool = False
     # engine-side state
     submitted: float = field(default_factory=time.perf_counter)
@@ -296,7 +299,7 @@ class Engine:
     def _emit_token(self, job: Job, token: int, logprobs: Any) -> None:
         assert job.matcher is not None
         info = self._logprobs(job, token, logprobs) if job.top_logprobs is not None else None
-        if token in job.lm.eos_ids:
+        if token in job.lm.eos_ids and not job.ignore_eos:
             self._finish(job, "end_turn", info)
             return
         job.detok.add_token(token)

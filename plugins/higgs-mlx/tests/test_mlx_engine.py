@@ -360,3 +360,22 @@ async def test_a_crashed_engine_fails_jobs_instead_of_hanging(provider):
 
     assert isinstance(first, Failed) or isinstance(second, Failed)
     assert isinstance(second, Failed) and "simulated fatal error" in str(second.error)
+
+
+async def test_ignore_eos_generates_through_eos(provider):
+    import mlx.core as mx
+
+    lm = provider.model("raw")
+    eos = next(iter(lm.eos_ids))
+    script = iter([*b"ab", eos, *b"cd"])
+    loop = asyncio.get_running_loop()
+    outputs: asyncio.Queue = asyncio.Queue()
+    job = Job(lm=lm, prompt=[1, 2, 3], max_tokens=5, sampler=lambda _: mx.array([next(script)]), ignore_eos=True,
+              emit=lambda item: loop.call_soon_threadsafe(outputs.put_nowait, item))
+    provider.engine.submit(job)
+    items = []
+    while not items or not isinstance(items[-1], Done):
+        items.append(await asyncio.wait_for(outputs.get(), 30))
+    assert items[-1].reason == "max_tokens" and items[-1].output_tokens == 5
+    text = "".join(i.text for i in items if isinstance(i, Chunk))
+    assert text.startswith("ab") and text.endswith("cd")
