@@ -25,6 +25,7 @@ from higgs.runtime import (
     Instance,
     RuntimePaths,
     base_url,
+    check_profile,
     list_instances,
     read_instance,
     read_state,
@@ -101,6 +102,7 @@ def profile_label(profile: str | None) -> str:
 def api_key_for(profile: str | None, config: str | None = None) -> str | None:
     """The server API key of a profile's config (or ``HIGGS_API_KEY``), for probing protected endpoints."""
     try:
+        profile = check_profile(profile)
         from higgs.settings_loader import load_settings
 
         settings = load_settings(config=config, profile=None if config else profile).settings
@@ -130,6 +132,7 @@ def expected_address(profile: str | None, host: str | None, port: int | None,
     (the server itself will then report the problem)."""
     if host is not None and port is not None:
         return host, port
+    profile = check_profile(profile)
     try:
         from higgs.settings_loader import load_settings
 
@@ -153,6 +156,7 @@ def start_daemon(
     Raises:
         DaemonError: already running, port taken, the server exited, or it did not answer in time.
     """
+    profile = check_profile(profile)  # "default" is the default profile: no --profile for the server
     paths = RuntimePaths.for_profile(profile)
     paths.ensure_dirs()
     running = read_instance(paths)  # also cleans a stale pid file

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from cyclopts import Parameter
 
 from higgs.cli.daemon import healthy, port_free, port_owner
-from higgs.runtime import RuntimePaths, base_url, read_instance
+from higgs.runtime import RuntimePaths, base_url, check_profile, read_instance
 
 if TYPE_CHECKING:
     from higgs.config import HiggsSettings
@@ -83,6 +83,7 @@ def run_checks(profile: str | None = None, config: str | None = None, *,
 
     report = Report()
     try:
+        profile = check_profile(profile)
         loaded = load_settings(config=config, profile=profile)
     except (ConfigError, ValueError) as err:
         report.add("config", "file", "fail", str(err))
