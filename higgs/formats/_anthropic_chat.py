@@ -296,7 +296,8 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None, *, c
         # OpenAI accepts a conversation that opens with an assistant greeting, or system prompts only.
         log.debug("opening the conversation with a placeholder user turn for %s", NAME)
         body["messages"].insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_TURN}]})
-    tools = [_build_tool(t, same) for t in request.tools if same or t.extra.get("type") in (None, "custom")]
+    strict_ok = supports_structured_output(request.model)
+    tools = [_build_tool(t, same, strict_ok) for t in request.tools if same or t.extra.get("type") in (None, "custom")]
     if tools:
         body["tools"] = tools
     choice = request.tool_choice
@@ -393,7 +394,7 @@ def build_messages(messages: list[Message], same: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _build_tool(tool: Tool, same: bool) -> dict[str, Any]:
+def _build_tool(tool: Tool, same: bool, strict_ok: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
@@ -401,6 +402,11 @@ def _build_tool(tool: Tool, same: bool) -> dict[str, Any]:
         out["input_schema"] = tool.input_schema
     if same:
         out.update({k: v for k, v in tool.extra.items() if k not in out})
+    elif isinstance(tool.extra.get("strict"), bool):
+        if strict_ok:
+            out["strict"] = tool.extra["strict"]
+        else:
+            dropped(f"strict on tool {tool.name!r}", NAME, "this model has no strict tool use")
     return out
 
 

@@ -300,3 +300,14 @@ def test_conversation_opening_with_assistant_gets_a_user_turn_first():
     assert body["messages"][0]["content"] == [{"type": "text", "text": "."}]
     only_system = an.build_upstream_chat(openai_req({"role": "system", "content": "Say hi."})).body
     assert [m["role"] for m in only_system["messages"]] == ["user"]
+
+
+def test_strict_tools_both_ways():
+    tools = [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "object"}}}]
+    body = an.build_upstream_chat(openai_req({"role": "user", "content": "x"}, tools=tools)).body
+    assert body["tools"] == [{"name": "f", "input_schema": {"type": "object"}, "strict": True}]
+    old = openai_req({"role": "user", "content": "x"}, tools=tools).model_copy(update={"model": "claude-3-haiku"})
+    assert "strict" not in an.build_upstream_chat(old).body["tools"][0]
+    back = oa.build_upstream_chat(an.parse_chat({"model": "gpt-4o", "max_tokens": 5, "messages": [],
+                                                 "tools": body["tools"]}, {})).body
+    assert back["tools"][0]["function"]["strict"] is True
