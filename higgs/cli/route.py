@@ -7,6 +7,7 @@ sent upstream) and runs the strategies in order, as the gateway does for each re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -56,11 +57,28 @@ async def explain(model: str, message: str | None, routers: list[Any], providers
     if message is not None:
         request = ChatRequest(model=model, messages=[Message(role="user", content=[TextBlock(text=message)])])
     query = RouteQuery(model=model, operation="chat", request=request)
-    report: dict[str, Any] = {"model": model, "decision": None, "error": None,
+    report: dict[str, Any] = {"model": model, "decision": None, "error": None, "notes": [],
                               "rules": [{"strategy": r.name, "lines": r.explain()} for r in routers]}
+    async with contextlib.AsyncExitStack() as stack:
+        # A strategy that needs something started to decide (the auto-router's classifier model) may offer
+        # ``explaining()``, an async context manager; ``explain_route(query)`` -> (decision, note lines) says how.
+        for router in routers:
+            explaining = getattr(router, "explaining", None)
+            if callable(explaining):
+                await stack.enter_async_context(explaining())
+        return await _run_strategies(model, query, routers, providers, report)
+
+
+async def _run_strategies(model: str, query: Any, routers: list[Any], providers: dict[str, Any],
+                          report: dict[str, Any]) -> dict[str, Any]:
     for router in routers:
         try:
-            decision = await router.route(query)
+            explain_route = getattr(router, "explain_route", None)
+            if callable(explain_route):
+                decision, notes = await explain_route(query)
+                report["notes"].extend(notes)
+            else:
+                decision = await router.route(query)
         except ApiError as err:
             report["error"] = {"strategy": router.name, "status": err.status, "message": err.info.message}
             return report
@@ -113,6 +131,7 @@ def render(report: dict[str, Any]) -> str:
             else:
                 lines.append(f"  {label:10} {p['name']} ({p['format']} format, {p['url']}); "
                              f"{p['format']} clients pass through, others are translated")
+    lines.extend(f"  note:      {note}" for note in report.get("notes", []))
     lines.append("rules, in order:")
     for rule in report["rules"]:
         lines.extend(f"  {line}" for line in rule["lines"] or [rule["strategy"]])
