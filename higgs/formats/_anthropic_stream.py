@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from higgs.errors import ApiError
 from higgs.formats._anthropic_chat import content_json, parse_usage, stop_reason, usage_json
-from higgs.formats._common import anthropic_tool_id
+from higgs.formats._common import anthropic_tool_id, error_from_exception
 from higgs.messages import (
     BlockDelta,
     BlockStart,
@@ -156,11 +155,7 @@ async def render_stream(
             log.debug("provider failed after its stream finished: %r", err)
             return
         finished = True
-        if isinstance(err, ApiError):
-            info = err.info
-        else:
-            log.exception("stream failed", exc_info=err)
-            info = ErrorInfo(status=500, kind="api_error", message="The stream failed inside higgs.")
+        info = error_from_exception(err)
         if not started:
             yield message_start(None)
         yield _event("error", _error_payload(render_error(info)))

@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from higgs.errors import InvalidRequestError
+from higgs.errors import ApiError, InvalidRequestError
+from higgs.messages import ErrorInfo
 
 log = logging.getLogger("higgs.formats")
 
@@ -191,3 +192,11 @@ def error_text(body: bytes, limit: int = 500) -> str:
 def iso_time(timestamp: int) -> str:
     """An RFC 3339 UTC time for a Unix timestamp (Anthropic's ``created_at``)."""
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def error_from_exception(err: BaseException) -> ErrorInfo:
+    """What a client sees when a provider raised mid-stream: its ``ApiError``, or a 500 that hides the details."""
+    if isinstance(err, ApiError):
+        return err.info
+    log.error("stream failed", exc_info=err)
+    return ErrorInfo(status=500, kind="api_error", message="The stream failed inside higgs.")

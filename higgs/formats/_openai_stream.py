@@ -14,8 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from higgs.errors import ApiError
-from higgs.formats._common import compact_json, kind_for_status
+from higgs.formats._common import compact_json, error_from_exception, kind_for_status
 from higgs.formats._openai_response import FINISH_TO_STOP, finish_reason, parse_usage, usage_json
 from higgs.messages import (
     BlockDelta,
@@ -40,13 +39,6 @@ from higgs.sse import encode_json, iter_events
 
 log = logging.getLogger("higgs.formats")
 DONE = b"data: [DONE]\n\n"
-
-
-def _error_from_exception(err: BaseException) -> ErrorInfo:
-    if isinstance(err, ApiError):
-        return err.info
-    log.exception("stream failed", exc_info=err)
-    return ErrorInfo(status=500, kind="api_error", message="The stream failed inside higgs.")
 
 
 async def render_stream(
@@ -121,7 +113,7 @@ async def render_stream(
             log.debug("provider failed after its stream finished: %r", err)
             return
         finished = True
-        yield encode_json(render_error(_error_from_exception(err)))
+        yield encode_json(render_error(error_from_exception(err)))
         yield DONE
     if not finished:
         yield encode_json(render_error(ErrorInfo(status=502, kind="api_error",

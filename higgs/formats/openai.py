@@ -21,6 +21,7 @@ from higgs.formats import _openai_response as answers
 from higgs.formats import _openai_stream as streams
 from higgs.formats._common import (
     KIND_STATUS,
+    error_from_exception,
     error_text,
     expect_dict,
     expect_list,
@@ -280,7 +281,7 @@ class OpenAIFormat(WireFormat):
             if finished:
                 return
             finished = True
-            yield encode_json(self.render_error(streams._error_from_exception(err))[1])
+            yield encode_json(self.render_error(error_from_exception(err))[1])
             yield streams.DONE
         if not finished:
             yield encode_json(self.render_error(ErrorInfo(status=502, kind="api_error",
