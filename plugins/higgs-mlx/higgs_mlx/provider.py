@@ -28,6 +28,8 @@ from higgs.messages import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ErrorInfo,
     ModelInfo,
     Sampling,
@@ -82,6 +84,8 @@ class MlxProvider(Provider):
         self.models: list[LoadedModel] = []
         self._by_name: dict[str, LoadedModel] = {}
         self._agents: Any = _NO_AGENTS
+        #: Embedding models (``higgs_mlx.embeddings.EncoderEmbedder``) by name and alias.
+        self.embedders: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
     @property
@@ -99,12 +103,21 @@ class MlxProvider(Provider):
             return
         for entry in entries:
             future = self.engine.call(functools.partial(self._load_entry, entry))
-            self._register(await asyncio.wrap_future(future))
+            loaded = await asyncio.wrap_future(future)
+            if isinstance(loaded, LoadedModel):
+                self._register(loaded)
+            else:
+                self._register_embedder(loaded)
 
-    def _load_entry(self, entry: ModelSettings) -> LoadedModel:
+    def _load_entry(self, entry: ModelSettings) -> Any:
+        """A ``LoadedModel``, or an ``EncoderEmbedder`` for an embedding-model directory."""
+        from higgs_mlx import embeddings
+
         path = resolve_model_path(entry.path, assume_yes=self.assume_yes)
         name = entry.name or entry.path
         aliases = tuple(a for a in dict.fromkeys([entry.path, str(path), path.name]) if a != name)
+        if embeddings.is_embedding_model(path):
+            return embeddings.EncoderEmbedder.load(path, name=name, aliases=aliases)
         lm = load_model_dir(path, self.ctx.architectures, name=name, aliases=aliases)
         warm_up(lm)
         return lm
@@ -127,6 +140,13 @@ class MlxProvider(Provider):
         self.models.append(lm)
         log.info("local model %s loaded from %s (%s)", lm.name, lm.path, lm.arch.name)
 
+    def _register_embedder(self, embedder: Any) -> None:
+        for key in (embedder.name, *embedder.aliases):
+            if key in self._by_name or self.embedders.get(key, embedder) is not embedder:
+                raise ModelLoadError(f"Two local models answer to '{key}'; give one of them a different name.")
+            self.embedders[key] = embedder
+        log.info("local embedding model %s loaded from %s", embedder.name, embedder.path)
+
     async def close(self) -> None:
         """Stop the engine thread."""
         await asyncio.to_thread(self.engine.stop)
@@ -134,12 +154,14 @@ class MlxProvider(Provider):
     # -- catalogue --------------------------------------------------------------------------------
     def serves(self, model: str) -> bool:
         """Whether ``model`` is a local model's name, alias, path or HF id."""
-        return model in self._by_name
+        return model in self._by_name or model in self.embedders
 
     async def list_models(self) -> list[ModelInfo]:
         """One entry per loaded model (aliases are not listed separately)."""
+        embedders = {id(e): e for e in self.embedders.values()}.values()
         return [ModelInfo(id=lm.name, owned_by=self.name, kind="local", context_length=lm.context_length)
-                for lm in self.models]
+                for lm in self.models] + [ModelInfo(id=e.name, owned_by=self.name, kind="local",
+                                                    context_length=e.max_length) for e in embedders]
 
     def state(self) -> dict[str, Any]:
         """Engine numbers for ``/metrics``."""
@@ -149,8 +171,19 @@ class MlxProvider(Provider):
         """The loaded model for ``name`` or a 404 listing what is available."""
         lm = self._by_name.get(name)
         if lm is None:
+            if name in self.embedders:
+                raise InvalidRequestError(f"'{name}' is an embedding model; it serves /v1/embeddings only.",
+                                          param="model", code="embedding_model")
             raise UnknownModelError(name, [m.name for m in self.models])
         return lm
+
+    async def embed(self, request: EmbeddingRequest, call: CallContext) -> EmbeddingResponse:
+        """Embed on the engine thread: an embedding model, or a chat model's mean-pooled hidden states."""
+        from higgs_mlx import embeddings
+
+        target = self.embedders.get(request.model) or embeddings.decoder_embedder(self.model(request.model))
+        future = self.engine.call(functools.partial(embeddings.embed_request, target, request))
+        return await asyncio.wrap_future(future)
 
     # -- helpers ----------------------------------------------------------------------------------
     def agents(self) -> ModuleType | None:

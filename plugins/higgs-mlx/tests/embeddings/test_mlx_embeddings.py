@@ -15,8 +15,10 @@ import numpy as np
 import openai
 import pytest
 from higgs.errors import InvalidRequestError
+from higgs.hookspecs import hookimpl
 from higgs.interfaces import CallContext, Provider
 from higgs.messages import EmbeddingRequest, EmbeddingResponse, ModelInfo
+from higgs.specs import ArchitectureSpec
 from higgs.testing import build_app, serve_in_thread
 
 from higgs_mlx import embeddings
@@ -197,3 +199,37 @@ def test_openai_sdk_dimensions_and_errors(oai):
         oai.embeddings.create(model="all-minilm", input="hello", dimensions=4096)
     with pytest.raises(openai.BadRequestError):
         oai.embeddings.create(model="all-minilm", input="x " * 600)
+
+
+class _LlamaArch:
+    @hookimpl
+    def higgs_architectures(self) -> list[ArchitectureSpec]:
+        return [ArchitectureSpec(name="llama", model_types=("llama",), module="mlx_lm.models.llama")]
+
+
+@pytest.fixture(scope="module")
+def mlx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real MLX provider serving MiniLM (an embedding ``[[models]]`` entry) and a tiny chat model."""
+    import higgs_mlx
+
+    assert MINILM is not None
+    tiny = build_tiny_model("llama", tmp_path_factory.mktemp("emb-http") / "tiny", seed=6)
+    settings = {"models": [{"path": str(MINILM), "name": "all-minilm"}, {"path": str(tiny), "name": "tiny"}]}
+    app = build_app(settings, plugins=[("mlx", higgs_mlx), ("test-arch-llama-emb", _LlamaArch())])
+    with serve_in_thread(app, timeout=180) as url:
+        yield url
+
+
+@needs_minilm
+def test_mlx_provider_serves_embeddings(mlx_server, minilm):
+    client = openai.OpenAI(base_url=mlx_server + "/v1", api_key="unused", max_retries=0)
+    assert {"all-minilm", "tiny"} <= {m.id for m in client.models.list()}
+    result = client.embeddings.create(model="all-minilm", input=CORPUS)
+    assert len(result.data) == len(CORPUS)
+    for got, want in zip(result.data, _vectors(minilm, CORPUS), strict=True):
+        assert _cos(got.embedding, want) == pytest.approx(1.0, abs=1e-5)
+    decoder = client.embeddings.create(model="tiny", input=["hello", "hello", "bye"], encoding_format="float")
+    a, b, c = (d.embedding for d in decoder.data)
+    assert len(a) == 64 and _cos(a, b) == pytest.approx(1.0, abs=1e-5) and _cos(a, c) < 0.9999
+    with pytest.raises(openai.BadRequestError, match="embedding model"):
+        client.chat.completions.create(model="all-minilm", messages=[{"role": "user", "content": "hi"}])
