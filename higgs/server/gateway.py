@@ -160,26 +160,21 @@ class Gateway:
                 else:
                     response = await self._translate(request, fmt, operation, provider, call, canonical, decision,
                                                      record, started)
-            except _Retry as retry:
-                last = retry.error
-                log.warning("provider %s failed (%s); trying %s", name, retry.error.info.message,
+            except Exception as err:
+                stream = request.get(keys.STREAM)
+                if stream is not None and stream.prepared:
+                    raise  # bytes already reached the client: no other provider can take over now
+                error = _retryable(err, name)
+                if error is None:
+                    raise
+                if not has_next:
+                    if error is err:
+                        raise
+                    raise error from err
+                last = error
+                log.warning("provider %s failed (%s); trying %s", name, error.info.message,
                             decision.providers[index + 1])
                 continue
-            except ProviderError as err:
-                if err.retryable and has_next:
-                    last = err
-                    log.warning("provider %s failed (%s); trying %s", name, err.info.message,
-                                decision.providers[index + 1])
-                    continue
-                raise
-            except (aiohttp.ClientConnectionError, ConnectionError) as err:
-                error = ProviderError(502, "upstream_unreachable", f"Provider '{name}' is unreachable: {err}",
-                                      retryable=True)
-                if has_next:
-                    last = error
-                    log.warning("provider %s unreachable (%s); trying %s", name, err, decision.providers[index + 1])
-                    continue
-                raise error from err
             record.extra["attempts"] = index + 1
             return response
         assert last is not None
@@ -319,6 +314,18 @@ class Gateway:
             for model in router.list_models():
                 seen.setdefault(model.id, model)
         return web.json_response(fmt.render_models(list(seen.values())))
+
+
+def _retryable(err: Exception, provider: str) -> ApiError | None:
+    """The error to report if the next provider may fix ``err``, else None."""
+    if isinstance(err, _Retry):
+        return err.error
+    if isinstance(err, ProviderError):
+        return err if err.retryable else None
+    if isinstance(err, (aiohttp.ClientConnectionError, ConnectionError)):
+        return ProviderError(502, "upstream_unreachable", f"Provider '{provider}' is unreachable: {err}",
+                             retryable=True)
+    return None
 
 
 async def _first_output(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:

@@ -113,10 +113,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        stream = request.get(keys.STREAM)
+        stream: web.StreamResponse | None = request.get(keys.STREAM)
         if stream is not None and stream.prepared:
             log.warning("request %s failed after streaming began: %r", request.get(keys.REQUEST_ID), exc)
-            return stream  # type: ignore[no-any-return]
+            if request.transport is not None:  # end abruptly, so the client can tell the answer is incomplete
+                request.transport.close()
+            return stream
         info = info_for(exc)
         if info.status >= 500 and not isinstance(exc, (ApiError, TimeoutError)):
             log.exception("request %s failed", request.get(keys.REQUEST_ID))
@@ -302,10 +304,10 @@ def deadline(seconds: float) -> Callable[..., Awaitable[web.StreamResponse]]:
                 request[keys.TIMEOUT] = scope
                 return await handler(request)
         except TimeoutError:
-            stream = request.get(keys.STREAM)
+            stream: web.StreamResponse | None = request.get(keys.STREAM)
             if stream is not None and stream.prepared:
                 log.warning("request %s: stream stalled for %.0f s, closed", request[keys.REQUEST_ID], seconds)
-                return stream  # type: ignore[no-any-return]
+                return stream
             raise ApiError(504, "timeout", f"The request took longer than {seconds:g} s (server.timeout) and was "
                                            "cancelled.", code="timeout") from None
 

@@ -417,3 +417,25 @@ async def test_passthrough_records_usage_and_ttft_without_touching_the_bytes():
     assert (first.input_tokens, first.output_tokens, first.format_out) == (11, 7, "openai")
     assert (second.input_tokens, second.output_tokens, second.stream) == (13, 9, True)
     assert second.ttft_ms is not None and second.ttft_ms <= second.latency_ms
+
+
+async def test_no_fallback_once_bytes_reached_the_client():
+    from higgs.interfaces import RawResponse
+
+    first = FakeProvider(models=["gpt-x"], upstream_format="openai")
+    second = FakeProvider(models=["gpt-x"], upstream_format="openai")
+
+    async def dying(raw, call):
+        async def body():
+            yield b"data: {\"partial\": true}\n\n"
+            raise aiohttp.ClientConnectionError("upstream went away")
+        return RawResponse(status=200, headers=[("content-type", "text/event-stream")], body=body())
+
+    first.passthrough = dying
+    app = build_app(providers={"a": first, "b": second}, plugins=[router_plugin(FixedRouter(["a", "b"]))])
+    async with app_client(app) as client:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-x", "stream": True})
+        assert resp.status == 200 and resp.headers["x-higgs-provider"] == "a"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # the stream ends abruptly: the client can tell it is incomplete
+    assert second.calls == []
