@@ -58,7 +58,8 @@ def serve_higgs(port: int, upstream: str) -> None:
     config = {"server": {"api_key": "sk-bench"},
               "provider": {"up": {"kind": "openai", "url": upstream + "/v1", "api_key": "sk-upstream"}},
               "default": {"provider": "up"}, "logging": {"level": "WARNING"}}
-    app = build_app(config, plugins=[("openai", higgs_openai)], builtins=("openai-format", "routing"))
+    app = build_app(config, plugins=[("openai", higgs_openai)],
+                    builtins=("openai-format", "anthropic-format", "routing"))
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handler_cancellation=True)
 
 
@@ -104,17 +105,29 @@ class Result:
         return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
 
 
+ANTHROPIC_BODY = {"model": "gpt-bench", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello."}]}
+
+
 async def one(http: aiohttp.ClientSession, url: str, stream: bool, first: list[float] | None = None) -> bool:
-    """One request, read to the end; appends the time to the first body byte to ``first``."""
-    body = {**BODY, "stream": True} if stream else BODY
+    """One request, read to the end; appends the time to the first body byte to ``first``.
+
+    A URL ending in ``#anthropic`` sends an Anthropic Messages request instead (the translated path).
+    """
+    anthropic = url.endswith("#anthropic")
+    base = url.removesuffix("#anthropic")
+    body: dict[str, object] = dict(ANTHROPIC_BODY if anthropic else BODY)
+    if stream:
+        body["stream"] = True
+    path = "/v1/messages" if anthropic else "/v1/chat/completions"
     started = time.perf_counter()
-    async with http.post(url + "/v1/chat/completions", json=body,
-                         headers={"authorization": "Bearer sk-bench"}) as response:
+    async with http.post(base + path, json=body, headers={"authorization": "Bearer sk-bench"}) as response:
         data = bytearray()
         async for chunk in response.content.iter_any():
             if not data and first is not None:
                 first.append(time.perf_counter() - started)
             data += chunk
+        if anthropic:
+            return response.status == 200 and (b"message_stop" in data if stream else b'"content"' in data)
         return response.status == 200 and (b"[DONE]" in data if stream else b'"choices"' in data)
 
 
@@ -198,6 +211,8 @@ async def main() -> int:
                       f"http://127.0.0.1:{hport}")
         servers.append(higgs)
         targets.append(higgs)
+        # The same gateway, Anthropic clients -> OpenAI upstream: the translated path (no peer row).
+        targets.append(Server("higgs-translated", higgs.url + "#anthropic"))
         if args.litellm and Path(args.litellm).exists():
             lport = free_port()
             lite = start("litellm", [args.litellm, "--config", str(litellm_config(upstream)), "--host", "127.0.0.1",
@@ -210,6 +225,8 @@ async def main() -> int:
         else:
             print(f"LiteLLM not found at {args.litellm!r}: skipped", file=sys.stderr)
         for target in targets[1:]:
+            if target.process is None:
+                continue
             try:
                 await wait_ready(target.url, 120)
             except TimeoutError:
