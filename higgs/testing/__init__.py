@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from higgs.config import LOCAL_PROVIDER, HiggsSettings
+from higgs.config import LOCAL_PROVIDER, HiggsSettings, ProviderSettings
 from higgs.hookspecs import hookimpl
 from higgs.interfaces import Provider, RouteDecision, RouteQuery, Router
 from higgs.plugins import LoadedPlugins, load_plugins
@@ -164,6 +164,11 @@ def build_app(settings: HiggsSettings | Mapping[str, Any] | None = None, *,
         from higgs.settings_loader import build_settings
 
         settings, _ = build_settings(data, "<test>")
+    else:
+        for name, provider in (providers or {}).items():
+            if name != LOCAL_PROVIDER and name not in settings.provider:
+                settings.provider[name] = ProviderSettings(name=name, kind=f"test-{name}",
+                                                           format=provider.upstream_format or "openai")
     extra = [ProviderPlugin(providers)] if providers else []
     registry = build_registry([*extra, *plugins], builtins=builtins, entrypoints=entrypoints, settings=settings)
     return make_app(settings, registry)

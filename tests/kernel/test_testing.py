@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import openai
 
-from higgs.testing import FakeProvider, SSEEvent, iter_sse, parse_sse
+from higgs.testing import FakeProvider, SSEEvent, app_client, build_app, iter_sse, parse_sse
 
 
 async def test_higgs_client_fixture(higgs_client):
@@ -52,3 +52,16 @@ async def test_fake_provider_scripts_failures():
     except ProviderError:
         pass
     assert fake.fail_times == 0 and len(fake.calls) == 1
+
+
+async def test_build_app_with_a_settings_object_adds_provider_sections():
+    from higgs.config import HiggsSettings
+    from higgs.testing import FixedRouter, router_plugin
+
+    settings = HiggsSettings()
+    up = FakeProvider(models=["m"], reply="remote")
+    app = build_app(settings, providers={"up": up}, plugins=[router_plugin(FixedRouter(["up"]))])
+    async with app_client(app) as client:
+        resp = await client.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": "x"}]})
+        assert (await resp.json())["choices"][0]["message"]["content"] == "remote"
