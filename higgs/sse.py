@@ -81,6 +81,16 @@ class SSEParser:
 
     def _drain(self, *, final: bool) -> Iterator[SSEEvent]:
         buffer = self._buffer
+        if "\r" not in buffer:  # the common case: "\n" line ends, split in one pass
+            *lines, rest = buffer.split("\n")
+            self._buffer = "" if final else rest
+            if final and rest:
+                lines.append(rest)
+            for line in lines:
+                event = self._line(line)
+                if event is not None:
+                    yield event
+            return
         start = 0
         while True:
             cut = _line_end(buffer, start)
