@@ -268,6 +268,7 @@ class ToolCallParser:
                     break
                 self._at_start = False
                 if stripped[0] in "{[":
+                    self._held_ws += self._buf[: len(self._buf) - len(stripped)]  # text again if no call
                     self._buf = stripped
                     self._in_call = self._bare = True
                     if not self._region(final, out, bare=True):

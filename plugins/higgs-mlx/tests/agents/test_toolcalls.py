@@ -4,11 +4,14 @@ own rendering of a call, streamed with boundaries in awkward places, parses back
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2.exceptions import TemplateError
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -235,3 +238,19 @@ def test_llama_json_answer_that_is_not_a_call_is_text():
     text = '{"answer": 42}'
     segments = _feed(ToolCallParser(get_syntax("llama3_json"), NAMES), list(text))
     assert _calls(segments) == [] and _text(segments) == text
+
+
+@settings(max_examples=150, deadline=None)
+@given(words=st.lists(st.sampled_from([*'ab {}[]<>|/"\\:,;\n_', "<tool_call>", "[TOOL_CALLS]", "<|python_tag|>",
+                                       "```tool_code", "<|tool_call>", "functools[", '{"name": "get_time"']),
+                      max_size=25),
+       cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_any_text_in_any_pieces_never_crashes_and_is_kept(words, cuts):
+    """Whatever the model writes, in whatever pieces: no exception, and without a call all text survives."""
+    text = "".join(words)
+    bounds = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    for name in SYNTAXES:
+        segments = _feed(ToolCallParser(get_syntax(name), NAMES), pieces)
+        if not any(isinstance(s, ToolCallStart) for s in segments):
+            assert _text(segments) == text, (name, pieces, segments)
