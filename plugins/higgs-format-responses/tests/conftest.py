@@ -116,6 +116,7 @@ class ToolUpstream:
         self.call_tool = False
         self.arguments: dict[str, Any] = {"command": "ls"}
         self.tool: str | None = None  # the tool to call (None = the first defined)
+        self.error: tuple[int, dict[str, Any]] | None = None  # answer every request with this error
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.url = ""
@@ -166,6 +167,8 @@ class ToolUpstream:
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
+        if self.error is not None:
+            return web.json_response(self.error[1], status=self.error[0])
         usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
         if self.call_tool:
             call = {"id": "call_up1", "type": "function",
@@ -197,6 +200,8 @@ class ToolUpstream:
 
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
+        if self.error is not None:
+            return web.json_response(self.error[1], status=self.error[0])
         if self.call_tool:
             block: dict[str, Any] = {"type": "tool_use", "id": "toolu_up1", "name": self._tool_name(body),
                                      "input": self.arguments}
@@ -229,6 +234,8 @@ class ToolUpstream:
 
     async def ollama(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
+        if self.error is not None:
+            return web.json_response(self.error[1], status=self.error[0])
         base = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z"}
         if self.call_tool:
             call = {"function": {"name": self._tool_name(body), "arguments": self.arguments}}
@@ -251,6 +258,8 @@ class ToolUpstream:
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
+        if self.error is not None:
+            return web.json_response(self.error[1], status=self.error[0])
         if self.call_tool:
             item: dict[str, Any] = {"type": "function_call", "id": "fc_up1", "call_id": "call_up1",
                                     "name": self._tool_name(body), "arguments": json.dumps(self.arguments),

@@ -113,11 +113,18 @@ async def test_text_answer_through_translation_stream(remote_config, gateway, up
     assert events[-1].response.usage.input_tokens == 9 and events[-1].response.usage.output_tokens == 4
 
 
-async def test_upstream_error_is_rendered_as_responses_error(remote_config, gateway, upstream):
-    async with gateway(remote_config(upstream, "openai")) as url, aiohttp.ClientSession() as http:
-        # A tool list the upstream cannot satisfy: the upstream fake fails on the missing key.
-        upstream.call_tool = True
-        async with http.post(url + "/v1/responses", json={"model": "m", "input": "hi"}) as response:
-            assert response.status >= 500
-            error = (await response.json())["error"]
-    assert error["type"] == "server_error" and error["message"]
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+async def test_upstream_error_is_rendered_as_responses_error(remote_config, gateway, upstream, fmt):
+    if fmt == "openai":
+        upstream.error = (429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                                          "param": None, "code": "rate_limit_exceeded"}})
+    else:
+        upstream.error = (429, {"type": "error", "error": {"type": "rate_limit_error",
+                                                           "message": "Rate limit reached"}})
+    config = remote_config(upstream, fmt)
+    config["provider"]["up"]["max_retries"] = 0
+    async with gateway(config) as url:
+        api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as caught:
+            await api.responses.create(model="m", input="hi")
+    assert caught.value.body["type"] == "rate_limit_error" and "Rate limit reached" in caught.value.body["message"]
