@@ -294,10 +294,8 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     if not isinstance(metadata, dict):
         raise InvalidRequestError("'metadata' must be an object.", param="metadata")
     user = body.get("user")
+    # client_metadata, include, prompt_cache_key, service_tier, ...: meaningful to a Responses upstream only.
     extra = {k: v for k, v in body.items() if k not in _KNOWN}
-    for key in ("client_metadata", "include", "truncation", "service_tier", "prompt_cache_key"):
-        if key in extra:
-            log.debug("keeping %s for pass-through only", key)
     extra[STATE_KEY] = {
         "input": input_items(body.get("input")) if body.get("store") is not False else [],
         "tools": tool_map.dump(),
