@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 class MetricsSink:
     """One application's metrics: the rolling store and, when enabled, the JSONL request log."""
 
+    #: A report that took at least this long is worth reusing for a moment; cheaper ones are always fresh.
+    EXPENSIVE_S = 0.1
+
     def __init__(self, settings: HiggsSettings) -> None:
         self.store = MetricsStore(settings.retention.minutes, enabled=settings.retention.enabled)
         #: (finished at, took seconds, bucket_s, body) of the last computed report.
@@ -61,7 +64,7 @@ class MetricsSink:
         async with self._computing:
             if self._cached is not None:
                 finished, took, bucket, body = self._cached
-                if bucket == bucket_s and time.monotonic() - finished < 2 * took:
+                if bucket == bucket_s and took >= self.EXPENSIVE_S and time.monotonic() - finished < 2 * took:
                     return body
             started = time.monotonic()
             body = await asyncio.to_thread(self.store.report, bucket_s=bucket_s)

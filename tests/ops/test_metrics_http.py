@@ -111,3 +111,27 @@ async def test_retention_window_through_http(tmp_path):
     assert later["windows"]["retention"]["requests"] == 0 and later["by_model"] == {}
     assert later["totals"]["requests"] == 3  # lifetime counters are not subject to retention
     assert store.snapshot() == []
+
+
+async def test_expensive_reports_are_shared_cheap_ones_fresh():
+    from higgs.config import HiggsSettings
+
+    sink = higgs.metrics.MetricsSink(HiggsSettings())
+    calls = []
+
+    def slow_report(bucket_s=None):
+        calls.append(bucket_s)
+        import time
+
+        time.sleep(0.15)
+        return {"n": len(calls)}
+
+    sink.store.report = slow_report
+    first, second = await sink.report(), await sink.report()
+    assert first is second and len(calls) == 1  # reused: it took 0.15 s, so it is good for 0.3 s
+    await sink.report(bucket_s=5.0)
+    assert len(calls) == 2  # another bucket size is another report
+    sink.store.report = lambda bucket_s=None: calls.append(bucket_s) or {"n": len(calls)}
+    sink._cached = None
+    a, b = await sink.report(), await sink.report()
+    assert a is not b and len(calls) == 4  # cheap reports are recomputed every time
