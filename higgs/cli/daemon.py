@@ -35,6 +35,8 @@ from higgs.runtime import (
 
 DEFAULT_WAIT = 120.0
 DEFAULT_STOP_TIMEOUT = 15.0
+#: A server log larger than this is moved to ``higgs[.NAME].log.1`` when the next server starts.
+LOG_ROLL_BYTES = 20 * 1024 * 1024
 
 
 class DaemonError(Exception):
@@ -178,6 +180,7 @@ def start_daemon(
         args += ["--config", config]
     env = {**os.environ, STATE_ENV: str(paths.state), "PYTHONUNBUFFERED": "1"}
     paths.state.unlink(missing_ok=True)
+    _roll_log(paths.log)
     try:
         with open(paths.log, "ab") as log, open(os.devnull, "rb") as devnull:
             log.write(f"\n--- higgs start {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
@@ -196,6 +199,15 @@ def start_daemon(
         if proc.poll() is not None:
             paths.remove()
         raise
+
+
+def _roll_log(path: Path) -> None:
+    """Keep the server log bounded across restarts: past ``LOG_ROLL_BYTES`` it moves to ``.1``."""
+    try:
+        if path.stat().st_size > LOG_ROLL_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    except OSError:
+        pass
 
 
 def _reserve(paths: RuntimePaths, wait: float) -> None:

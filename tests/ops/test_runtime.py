@@ -126,3 +126,16 @@ def test_status_table_and_uptime():
     assert lines[0].split() == ["PROFILE", "PID", "URL", "UPTIME", "STATE", "MODELS"]
     assert "1h 2m" in lines[1] and lines[1].endswith("a, b") and "starting" in lines[2]
     assert [format_uptime(s) for s in (5, 65, 90000)] == ["5s", "1m 5s", "1d 1h"]
+
+
+def test_server_log_rolls_over_on_start(tmp_path):
+    from higgs.cli import daemon
+
+    log = tmp_path / "higgs.log"
+    log.write_bytes(b"x" * 100)
+    daemon._roll_log(log)
+    assert log.exists() and not (tmp_path / "higgs.log.1").exists()
+    log.write_bytes(b"x" * (daemon.LOG_ROLL_BYTES + 1))
+    daemon._roll_log(log)
+    assert not log.exists() and (tmp_path / "higgs.log.1").stat().st_size == daemon.LOG_ROLL_BYTES + 1
+    daemon._roll_log(tmp_path / "missing.log")  # nothing to roll is fine
