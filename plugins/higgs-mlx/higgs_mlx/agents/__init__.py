@@ -214,26 +214,33 @@ def make_logits_processors(request: ChatRequest, tokenizer: Any, *, arch: Archit
         weakref.finalize(request, _probes.pop, id(request), None)
         processors.append(probe)
     budget = reasoning_budget(request)
+    family = arch if arch is not None else SimpleNamespace(tool_parser=syntax)
+    regex = output_regex(request, family)  # type: ignore[arg-type]
+    limit = max_tokens if max_tokens is not None else request.max_tokens
+    constraint = None
+    if regex is not None:
+        from higgs_mlx.agents.constrain import RegexConstraint, compile_regex
+
+        compiled = compile_regex(tokenizer, regex)
+        reasoning = None
+        if tags and in_reasoning is not False:
+            lead = r"[ \n]{0,2}" + regex  # "</think>\n\n" spacing; JSON whitespace only, not \s (unicode)
+
+            def lead_index() -> Any:
+                return compile_regex(tokenizer, lead)
+
+            close_ids = _ids(tokenizer, tags[1])
+            reasoning = (_ids(tokenizer, tags[0]), close_ids, lead_index)
+            if budget is None:
+                # a template-opened block must close in time for the constrained answer to fit
+                need = compiled.distances().get(compiled.index.get_initial_state(), 0)
+                budget = max((limit or 4096) - need - len(close_ids) - 4, 0)
+        constraint = RegexConstraint(compiled, max_tokens=limit, reasoning=reasoning)
     if tags and budget is not None:
         from higgs_mlx.agents.reasoning import ReasoningBudget
 
         processors.append(ReasoningBudget(budget, _ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]),
                                           in_reasoning=in_reasoning))
-    family = arch if arch is not None else SimpleNamespace(tool_parser=syntax)
-    regex = output_regex(request, family)  # type: ignore[arg-type]
-    if regex is None:
-        return processors
-    from higgs_mlx.agents.constrain import RegexConstraint, compile_regex
-
-    limit = max_tokens if max_tokens is not None else request.max_tokens
-    compiled = compile_regex(tokenizer, regex)
-    reasoning = None
-    if tags and in_reasoning is not False:
-        lead = r"\s{0,2}" + regex  # the template's "</think>\n\n" before the answer
-
-        def lead_index() -> Any:
-            return compile_regex(tokenizer, lead)
-
-        reasoning = (_ids(tokenizer, tags[0]), _ids(tokenizer, tags[1]), lead_index)
-    processors.append(RegexConstraint(compiled, max_tokens=limit, reasoning=reasoning))
+    if constraint is not None:
+        processors.append(constraint)
     return processors
