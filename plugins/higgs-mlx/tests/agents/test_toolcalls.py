@@ -254,3 +254,29 @@ def test_any_text_in_any_pieces_never_crashes_and_is_kept(words, cuts):
         segments = _feed(ToolCallParser(get_syntax(name), NAMES), pieces)
         if not any(isinstance(s, ToolCallStart) for s in segments):
             assert _text(segments) == text, (name, pieces, segments)
+
+
+@pytest.fixture(scope="module")
+def byte_bpe(tmp_path_factory: pytest.TempPathFactory):
+    """A byte-level BPE tokenizer with the families' markers as special tokens (the engine's test tokenizer)."""
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    from higgs_mlx.testing import build_tiny_model
+
+    return load_tokenizer(build_tiny_model("llama", tmp_path_factory.mktemp("tok") / "tiny", seed=3))
+
+
+@pytest.mark.parametrize(("template_file", "parser", "end", "kwargs"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_token_by_token_through_the_streaming_detokenizer(byte_bpe, template_file, parser, end, kwargs):
+    """The engine's path: token ids -> mlx-lm's streaming detokenizer -> one ``feed`` per token."""
+    output = _model_output(template_file, parser, end, 1)
+    detok = byte_bpe.detokenizer
+    detok.reset()
+    tool_parser = ToolCallParser(get_syntax(parser), NAMES)
+    segments: list[Segment] = []
+    for token in byte_bpe.encode(output, add_special_tokens=False):
+        detok.add_token(token)
+        segments += tool_parser.feed(detok.last_segment)
+    detok.finalize()
+    segments += tool_parser.feed(detok.last_segment) + tool_parser.finish()
+    assert _calls(segments) == CALLS[:1]
