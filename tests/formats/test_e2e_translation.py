@@ -280,3 +280,33 @@ async def test_models_list_reads_in_both_sdks():
         assert [m.id async for m in openai_client(url).models.list()] == ["gpt-a", "gpt-b"]
         page = [m async for m in anthropic_client(url).models.list()]
     assert [(m.id, m.type, m.display_name) for m in page] == [("gpt-a", "model", "gpt-a"), ("gpt-b", "model", "gpt-b")]
+
+
+async def test_tool_loop_over_two_turns_keeps_ids_matching_both_ways():
+    async with higgs_to("openai") as (url, up):
+        client = anthropic_client(url)
+        up.script.append(Reply(text=None, tools=[("call:7|x", "get_weather", {"city": "Oslo"})]))
+        tools = [{"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}]
+        first = await client.messages.create(model="gpt-4o", max_tokens=100, tools=tools,
+                                             messages=[{"role": "user", "content": "Oslo?"}])
+        call = first.content[0]
+        assert call.type == "tool_use" and all(c.isalnum() or c in "_-" for c in call.id)
+        second = await client.messages.create(model="gpt-4o", max_tokens=100, tools=tools, messages=[
+            {"role": "user", "content": "Oslo?"},
+            {"role": "assistant", "content": [c.model_dump(exclude_none=True) for c in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "-3C"}]}])
+        assert second.content[0].text == "Hello from upstream"
+        sent = up.last["messages"]
+        assert sent[1]["tool_calls"][0]["id"] == sent[2]["tool_call_id"] == call.id
+
+    async with higgs_to("anthropic") as (url, up):
+        client = openai_client(url)
+        up.script.append(Reply(text=None, tools=[("toolu_01XY", "get_weather", {"city": "Oslo"})]))
+        first = await client.chat.completions.create(model="claude", tools=[WEATHER_TOOL],
+                                                     messages=[{"role": "user", "content": "Oslo?"}])
+        message = first.choices[0].message
+        await client.chat.completions.create(model="claude", tools=[WEATHER_TOOL], messages=[
+            {"role": "user", "content": "Oslo?"}, message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "-3C"}])
+        sent = up.last["messages"]
+        assert sent[1]["content"][0]["id"] == sent[2]["content"][0]["tool_use_id"] == "toolu_01XY"
