@@ -77,6 +77,8 @@ class ArchitectureSpec:
         chat_template: Jinja template used when the tokenizer carries none.
         thinking_toggle: the chat template honours ``enable_thinking``.
         options: free-form family knowledge for the engine (documented by the architecture plugin).
+        vision: import path of the family's vision adapter (a ``higgs_mlx.vision.VisionAdapter`` subclass,
+            ``"pkg.module:Class"``) for image + text models; None for text-only families.
     """
 
     name: str
@@ -89,6 +91,7 @@ class ArchitectureSpec:
     thinking_toggle: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    vision: str | None = None
 
 
 @dataclass(frozen=True)
