@@ -177,8 +177,14 @@ class Engine:
         reason: BaseException = RuntimeError("the engine is shutting down")
         try:
             self._stream = mx.new_stream(mx.default_device())
+            steps = 0
             while self._drain_inbox():
                 self._step_all()
+                steps += 1
+                if not self._active or steps % 256 == 0:
+                    # Return MLX's cached buffers now and then (and when idle), as generate_step does,
+                    # so a long-running server does not hold the peak of every past request.
+                    mx.clear_cache()
         except BaseException as err:  # never leave callers waiting on a dead thread
             log.exception("the engine thread failed")
             self.crashed = reason = err
