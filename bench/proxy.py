@@ -69,6 +69,8 @@ class Server:
     url: str
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    #: Processes whose CPU time serves this target's requests (the proxy itself; the upstream for direct).
+    pids: list[int] = field(default_factory=list)
 
 
 async def wait_ready(url: str, timeout: float, probe: str = "/v1/chat/completions") -> None:
@@ -97,6 +99,7 @@ def start(name: str, cmd: list[str], url: str, env: dict[str, str] | None = None
 class Result:
     latencies: list[float] = field(default_factory=list)
     first_byte: list[float] = field(default_factory=list)
+    cpu_per_request: float = 0.0
     rps: float = 0.0
     errors: int = 0
 
@@ -131,17 +134,33 @@ async def one(http: aiohttp.ClientSession, url: str, stream: bool, first: list[f
         return response.status == 200 and (b"[DONE]" in data if stream else b'"choices"' in data)
 
 
-async def measure(url: str, stream: bool, requests: int, concurrency: int, seconds: float) -> Result:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (Linux ``/proc``; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def measure(url: str, stream: bool, requests: int, concurrency: int, seconds: float,
+                  pids: list[int]) -> Result:
+    """Sequential latencies (and the servers' CPU per request over them), then concurrent throughput."""
     result = Result()
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(20):  # warm-up: pools, JITs of the servers' code paths
             await one(http, url, stream)
+        cpu_before = cpu_seconds(pids)
         for _ in range(requests):
             started = time.perf_counter()
             ok = await one(http, url, stream, result.first_byte)
             result.latencies.append(time.perf_counter() - started)
             result.errors += not ok
+        result.cpu_per_request = (cpu_seconds(pids) - cpu_before) / max(requests, 1)
         done = 0
         stop = time.perf_counter() + seconds
 
@@ -159,8 +178,8 @@ async def measure(url: str, stream: bool, requests: int, concurrency: int, secon
 
 
 def table(results: dict[tuple[str, bool], Result], names: list[str]) -> str:
-    rows = [["mode", "target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "first byte p50 ms", "req/s",
-             "errors"]]
+    rows = [["mode", "target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "first byte p50 ms",
+             "server CPU ms/req", "req/s", "errors"]]
     for stream in (False, True):
         direct = results.get(("direct", stream))
         for name in names:
@@ -170,7 +189,8 @@ def table(results: dict[tuple[str, bool], Result], names: list[str]) -> str:
             added50 = f"{r.pct(0.5) - direct.pct(0.5):.2f}" if direct and name != "direct" else "-"
             added99 = f"{r.pct(0.99) - direct.pct(0.99):.2f}" if direct and name != "direct" else "-"
             rows.append(["stream" if stream else "non-stream", name, f"{r.pct(0.5):.2f}", f"{r.pct(0.99):.2f}",
-                         added50, added99, f"{r.pct(0.5, first_byte=True):.2f}", f"{r.rps:.0f}", str(r.errors)])
+                         added50, added99, f"{r.pct(0.5, first_byte=True):.2f}", f"{r.cpu_per_request * 1000:.2f}",
+                         f"{r.rps:.0f}", str(r.errors)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -205,14 +225,15 @@ async def main() -> int:
         servers.append(start("upstream", [sys.executable, "-m", "higgs.remote.fake", "--port", str(port),
                                           "--words", "1", "--text", TEXT], upstream))
         await wait_ready(upstream, 30)
-        targets = [Server("direct", upstream)]
+        targets = [Server("direct", upstream, pids=[servers[0].process.pid] if servers[0].process else [])]
         hport = free_port()
         higgs = start("higgs", [sys.executable, str(Path(__file__).resolve()), "--serve-higgs", str(hport), upstream],
                       f"http://127.0.0.1:{hport}")
         servers.append(higgs)
         targets.append(higgs)
         # The same gateway, Anthropic clients -> OpenAI upstream: the translated path (no peer row).
-        targets.append(Server("higgs-translated", higgs.url + "#anthropic"))
+        higgs.pids = [higgs.process.pid] if higgs.process else []
+        targets.append(Server("higgs-translated", higgs.url + "#anthropic", pids=higgs.pids))
         if args.litellm and Path(args.litellm).exists():
             lport = free_port()
             lite = start("litellm", [args.litellm, "--config", str(litellm_config(upstream)), "--host", "127.0.0.1",
@@ -220,6 +241,7 @@ async def main() -> int:
                          env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
                               "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True",
                               "LITELLM_MASTER_KEY": "sk-bench"})
+            lite.pids = [lite.process.pid] if lite.process else []
             servers.append(lite)
             targets.append(lite)
         else:
@@ -238,12 +260,14 @@ async def main() -> int:
         for round_ in range(args.rounds):
             for stream in (False, True):
                 for target in targets:
-                    r = await measure(target.url, stream, per_round, args.concurrency, args.seconds / args.rounds)
+                    r = await measure(target.url, stream, per_round, args.concurrency, args.seconds / args.rounds,
+                                      target.pids)
                     total = results.setdefault((target.name, stream), Result())
                     total.latencies += r.latencies
                     total.first_byte += r.first_byte
                     total.errors += r.errors
                     total.rps += r.rps / args.rounds
+                    total.cpu_per_request += r.cpu_per_request / args.rounds
                     print(f"  round {round_ + 1} {target.name:8} {'stream' if stream else 'non-stream':10} "
                           f"p50 {r.pct(0.5):.2f} ms req/s {r.rps:.0f}", file=sys.stderr)
         names = [t.name for t in targets]
