@@ -291,6 +291,16 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None, *, c
     if system:
         body["system"] = system[0]["text"] if len(system) == 1 and "cache_control" not in system[0] else system
     body["messages"] = build_messages(request.messages, same)
+    last = body["messages"][-1] if body["messages"] else None
+    if not same and last and last["role"] == "assistant" and last["content"][-1].get("type") == "text":
+        # a prefill: Anthropic refuses one that ends with whitespace
+        text = last["content"][-1]["text"].rstrip()
+        if text:
+            last["content"][-1] = {**last["content"][-1], "text": text}
+        else:
+            last["content"].pop()
+            if not last["content"]:
+                body["messages"].pop()
     if not same and (not body["messages"] or body["messages"][0]["role"] != "user"):
         # Anthropic: "messages: first message must use the user role" (and at least one message);
         # OpenAI accepts a conversation that opens with an assistant greeting, or system prompts only.

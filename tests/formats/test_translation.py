@@ -311,3 +311,11 @@ def test_strict_tools_both_ways():
     back = oa.build_upstream_chat(an.parse_chat({"model": "gpt-4o", "max_tokens": 5, "messages": [],
                                                  "tools": body["tools"]}, {})).body
     assert back["tools"][0]["function"]["strict"] is True
+
+
+def test_prefill_keeps_the_final_assistant_turn_without_trailing_space():
+    body = an.build_upstream_chat(openai_req({"role": "user", "content": "JSON please"},
+                                             {"role": "assistant", "content": "{\n  "})).body
+    assert body["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "{"}]}
+    blank = an.build_upstream_chat(openai_req({"role": "user", "content": "x"}, {"role": "assistant", "content": " "}))
+    assert [m["role"] for m in blank.body["messages"]] == ["user"]
