@@ -318,6 +318,11 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None, *, c
         if choice.disable_parallel_tool_use and choice.type != "none":
             body["tool_choice"]["disable_parallel_tool_use"] = True
     thinking = _build_thinking(request, body.get("max_tokens"), same)
+    if thinking is not None and not same and _unsigned_tool_turn(body["messages"]):
+        # Anthropic: with thinking on, the assistant turn of an ongoing tool loop must open with its signed
+        # thinking, which a client of another format never has.
+        dropped("reasoning", NAME, "the last tool-calling assistant turn carries no signed thinking")
+        thinking = None
     if thinking is not None:
         body["thinking"] = thinking
     if not count_only:
@@ -342,6 +347,16 @@ def build_body(request: ChatRequest, default_max_tokens: int | None = None, *, c
     elif request.extra:
         dropped(f"fields {sorted(request.extra)}", NAME, f"they belong to {request.source_format}")
     return body
+
+
+def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
+    """Whether the last assistant turn calls tools without opening with a thinking block."""
+    for message in reversed(messages):
+        if message["role"] == "assistant":
+            blocks = message["content"]
+            calls = any(b.get("type") == "tool_use" for b in blocks)
+            return calls and blocks[0].get("type") not in ("thinking", "redacted_thinking")
+    return False
 
 
 def _text_json(block: TextBlock) -> dict[str, Any]:

@@ -319,3 +319,14 @@ def test_prefill_keeps_the_final_assistant_turn_without_trailing_space():
     assert body["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "{"}]}
     blank = an.build_upstream_chat(openai_req({"role": "user", "content": "x"}, {"role": "assistant", "content": " "}))
     assert [m["role"] for m in blank.body["messages"]] == ["user"]
+
+
+def test_thinking_is_dropped_mid_tool_loop_without_signed_thinking():
+    history = [{"role": "user", "content": "x"},
+               {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                                     "function": {"name": "f", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    body = an.build_upstream_chat(openai_req(*history, reasoning_effort="high", max_tokens=9000)).body
+    assert "thinking" not in body
+    fresh = an.build_upstream_chat(openai_req(history[0], reasoning_effort="high", max_tokens=9000)).body
+    assert fresh["thinking"]["type"] == "enabled"
