@@ -46,6 +46,7 @@ from higgs.messages import (
 )
 
 from higgs_mlx import prompt as prompts
+from higgs_mlx import vision
 from higgs_mlx.engine import Chunk, Done, Engine, EngineOutput, Failed, Job
 from higgs_mlx.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_path, warm_up
 from higgs_mlx.output import EventBuilder, OutputParser, PlainTextParser
@@ -291,12 +292,17 @@ class MlxProvider(Provider):
 
     async def _chat_events(self, request: ChatRequest,
                            logprobs: list[dict[str, Any]] | None) -> AsyncIterator[StreamEvent]:
-        lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
+        embeds = None
+        if vision.has_images(request):  # images: fetched, rendered and embedded by higgs_mlx.vision
+            lm, prepared = await vision.prepare_chat(self, request)
+            text, ids, embeds = prepared.text, prepared.ids, prepared.embeds
+        else:
+            lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
         max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
         kwargs = self._job_kwargs(request.sampling, lm)
         kwargs["processors"] += self._extra_processors(request, lm, text, max_tokens)
         job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None,
-                  ignore_eos=_ignore_eos(request.extra), **kwargs)
+                  ignore_eos=_ignore_eos(request.extra), embeds=embeds, **kwargs)
         parser = self._output_parser(request, lm, text)
         builder = EventBuilder()
         yield StreamStart(id=new_id(), model=request.model, usage=Usage(input_tokens=len(ids)))
@@ -326,7 +332,11 @@ class MlxProvider(Provider):
             if isinstance(event, StreamError):
                 raise ApiError.from_info(event.error)
             events.append(event)
-        response = accumulate(events, request.model)
+        try:
+            response = accumulate(events, request.model)
+        except ValueError as err:  # tool arguments that are not JSON (the agents parser should prevent it)
+            raise ApiError(500, "api_error", f"The local model produced tool-call arguments that are not valid "
+                           f"JSON: {err}", code="invalid_tool_arguments") from err
         if logprobs:
             response.extra["logprobs"] = {"content": logprobs}
         return response
