@@ -379,3 +379,27 @@ async def test_ignore_eos_generates_through_eos(provider):
     assert items[-1].reason == "max_tokens" and items[-1].output_tokens == 5
     text = "".join(i.text for i in items if isinstance(i, Chunk))
     assert text.startswith("ab") and text.endswith("cd")
+
+
+async def test_long_prefill_does_not_stall_a_decoding_request(provider):
+    """A long prompt is prefilled in chunks between the decode steps of a running request."""
+    from higgs_mlx.sampling import RequestSampler
+
+    provider.engine.prefill_chunk = 16
+    lm = provider.model("tiny")
+    loop = asyncio.get_running_loop()
+    order: asyncio.Queue = asyncio.Queue()
+
+    def job(name: str, prompt: list[int], n: int) -> Job:
+        return Job(lm=lm, prompt=prompt, max_tokens=n, sampler=RequestSampler(Sampling(temperature=0)),
+                   ignore_eos=True, emit=lambda item: loop.call_soon_threadsafe(order.put_nowait, (name, item)))
+
+    provider.engine.submit(job("short", [5, 6, 7], 24))
+    first = await asyncio.wait_for(order.get(), 30)  # the short request is decoding
+    provider.engine.submit(job("long", list(range(300, 300 + 1200)), 4))  # 75 prefill chunks
+    events = [first]
+    while sum(isinstance(item, Done) for _, item in events) < 2:
+        events.append(await asyncio.wait_for(order.get(), 60))
+    names = [name for name, _ in events]
+    short_done = next(i for i, (n, item) in enumerate(events) if n == "short" and isinstance(item, Done))
+    assert short_done < names.index("long"), "the short request waited for the long prompt's prefill"
