@@ -128,11 +128,16 @@ class Registry:
 
     def provider_spec_for(self, name: str, kind: str | None, fmt: str) -> ProviderSpec | None:
         """The spec a ``[provider.NAME]`` section uses: its ``kind``, else the kind named NAME, else the
-        first non-local kind that speaks ``fmt``."""
+        kind named like ``fmt``, else the first non-local kind that speaks ``fmt``."""
         if kind:
             return self.providers.get(kind)
         spec = self.providers.get(name)
         if spec is not None and not spec.local:
+            return spec
+        # A kind named after the format (``openai`` for format "openai") is the natural reading of a section
+        # that names only a format; another plugin that also speaks it must not win by load order.
+        spec = self.providers.get(fmt)
+        if spec is not None and not spec.local and fmt in spec.formats:
             return spec
         return next((s for s in self.providers.values() if not s.local and fmt in s.formats), None)
 

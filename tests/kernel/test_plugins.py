@@ -168,3 +168,15 @@ def test_plugins_list_table_honours_config_selection(capsys, _isolated_config):
 def test_plugin_command_reaches_the_cli(capsys):
     assert main(["example-hello", "--name", "tests"]) == 0
     assert "hello, tests, from higgs-example" in capsys.readouterr().out
+
+
+def test_provider_section_with_only_a_format_uses_the_kind_named_after_it():
+    def make(s, c):
+        return FakeProvider()
+
+    echo = _module("echo", higgs_providers=[ProviderSpec(name="echo", factory=make, formats=("openai",))])
+    real = _module("real", higgs_providers=[ProviderSpec(name="openai", factory=make, formats=("openai",))])
+    registry = Registry.build(load_plugins(load_entrypoints=False, plugins=[echo, real]))
+    assert registry.provider_spec_for("vllm", None, "openai").name == "openai"  # not the first loaded
+    assert registry.provider_spec_for("echo", None, "openai").name == "echo"  # a kind named like the section
+    assert registry.provider_spec_for("x", "echo", "openai").name == "echo"  # an explicit kind
