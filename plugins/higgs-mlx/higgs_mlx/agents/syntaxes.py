@@ -49,6 +49,15 @@ def _between(buf: str, start: str, end: str, final: bool) -> tuple[str, int] | N
     return buf[len(start):stop], stop + len(end)
 
 
+def _early_reject(buf: str, marker: str, openings: tuple[str, ...]) -> Outcome | None:
+    """An unfinished region whose body cannot start a call: give the marker back as text right away, so a
+    model that merely mentions ``<tool_call>`` keeps streaming instead of being buffered to the end."""
+    body = buf[len(marker):].lstrip()
+    if not body or any(o.startswith(body[:len(o)]) for o in openings):
+        return None
+    return Outcome(None, len(marker))
+
+
 class HermesSyntax(ToolSyntax):
     """Qwen2.5 / Qwen3 / Hermes: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``.
 
@@ -63,7 +72,7 @@ class HermesSyntax(ToolSyntax):
     def parse(self, buf: str, final: bool) -> Outcome | None:
         found = _between(buf, "<tool_call>", "</tool_call>", final)
         if found is None:
-            return None
+            return _early_reject(buf, "<tool_call>", ("{", "<function="))
         body, consumed = found
         body = body.strip()
         if body.startswith("<function="):
@@ -225,7 +234,7 @@ class PhiSyntax(ToolSyntax):
             return Outcome(calls_from_json_text(buf[len("functools"):end]), end)
         found = _between(buf, "<|tool_call|>", "<|/tool_call|>", final)
         if found is None:
-            return None
+            return _early_reject(buf, "<|tool_call|>", ("[", "{"))
         body, consumed = found
         return Outcome(calls_from_json_text(body.strip()), consumed)
 

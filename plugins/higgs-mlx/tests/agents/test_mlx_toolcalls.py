@@ -280,3 +280,11 @@ def test_token_by_token_through_the_streaming_detokenizer(byte_bpe, template_fil
     detok.finalize()
     segments += tool_parser.feed(detok.last_segment) + tool_parser.finish()
     assert _calls(segments) == CALLS[:1]
+
+
+def test_mentioning_a_marker_does_not_stall_the_stream():
+    parser = ToolCallParser(get_syntax("hermes"), NAMES)
+    first = parser.feed("Use the <tool_call> tag to call tools")
+    assert _text(first) == "Use the <tool_call> tag to call tools"  # streamed at once, not held to the end
+    rest = parser.feed(", like this.") + parser.finish()
+    assert _text(first + rest) == "Use the <tool_call> tag to call tools, like this."
