@@ -166,6 +166,10 @@ def _fit_dimensions(vector: list[float], dimensions: int | None) -> list[float]:
     return [x / norm for x in cut] if norm else cut
 
 
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 class OpenAIFormat(WireFormat):
     """The OpenAI HTTP API (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``)."""
 
@@ -401,6 +405,12 @@ class OpenAIFormat(WireFormat):
 
     def parse_upstream_completion(self, body: dict[str, Any]) -> CompletionResponse:
         """Canonical completion from a ``text_completion`` body."""
+        try:
+            return self._parse_completion_body(body)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"unreadable upstream response: {err}") from err
+
+    def _parse_completion_body(self, body: dict[str, Any]) -> CompletionResponse:
         stops = answers.FINISH_TO_STOP
         choices = [CompletionChoice(index=int(c.get("index", i)), text=str(c.get("text") or ""),
                                     stop_reason=stops.get(c.get("finish_reason") or "stop", "end_turn"))
@@ -432,10 +442,12 @@ class OpenAIFormat(WireFormat):
                 if isinstance(data.get("usage"), dict):
                     usage = answers.parse_usage(data["usage"])
                 for choice in data.get("choices") or []:
-                    if choice.get("text"):
-                        yield BlockDelta(index=int(choice.get("index", 0)), delta=TextDelta(text=choice["text"]))
+                    if not isinstance(choice, dict):
+                        continue
+                    if isinstance(choice.get("text"), str) and choice["text"]:
+                        yield BlockDelta(index=_int(choice.get("index")), delta=TextDelta(text=choice["text"]))
                     if choice.get("finish_reason"):
-                        stop = answers.FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
+                        stop = answers.FINISH_TO_STOP.get(str(choice["finish_reason"]), "end_turn")
             else:
                 if stop is None:
                     yield StreamError(error=ErrorInfo(status=502, kind="api_error",
@@ -456,6 +468,12 @@ class OpenAIFormat(WireFormat):
 
     def parse_upstream_embedding(self, body: dict[str, Any]) -> EmbeddingResponse:
         """Canonical embeddings (float or base64 vectors), in input order."""
+        try:
+            return self._parse_embedding_body(body)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"unreadable upstream response: {err}") from err
+
+    def _parse_embedding_body(self, body: dict[str, Any]) -> EmbeddingResponse:
         items = sorted(body.get("data") or [], key=lambda d: int(d.get("index", 0)))
         data = [_unpack_base64(d["embedding"]) if isinstance(d.get("embedding"), str) else list(d["embedding"])
                 for d in items]

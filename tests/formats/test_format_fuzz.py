@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,3 +103,17 @@ async def test_unreadable_upstream_answers_are_502_not_crashes():
             assert "unreadable" in str(err) or "validation" in str(err)
             continue
         assert result.content is not None
+
+
+async def test_unreadable_completion_and_embedding_answers():
+    from fmt_helpers import aiter_bytes, collect
+
+    for answer in ({"choices": [5]}, {"choices": "x"}):
+        with pytest.raises(ValueError, match="unreadable"):
+            oa.parse_upstream_completion(answer)
+    for answer in ({"data": [{"index": 0}]}, {"data": [7]}):
+        with pytest.raises(ValueError, match="unreadable"):
+            oa.parse_upstream_embedding(answer)
+    events = await collect(oa.parse_upstream_completion_stream(aiter_bytes([
+        b'data: {"id":"c","choices":[5, {"index":"x","text":"hi","finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'])))
+    assert events[-1].type == "finish" and events[1].delta.text == "hi"
