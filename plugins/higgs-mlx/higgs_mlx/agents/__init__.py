@@ -119,7 +119,8 @@ def make_output_parser(request: ChatRequest, arch: ArchitectureSpec | None, toke
         from higgs_mlx.agents.syntaxes import get_syntax
         from higgs_mlx.agents.toolcalls import ToolCallParser
 
-        inner = ToolCallParser(get_syntax(syntax), [t.name for t in request.tools])
+        single = bool(request.tool_choice and request.tool_choice.disable_parallel_tool_use)
+        inner = ToolCallParser(get_syntax(syntax), [t.name for t in request.tools], max_calls=1 if single else None)
     if tags:
         from higgs_mlx.agents.reasoning import ReasoningParser, prompt_opens_reasoning
 

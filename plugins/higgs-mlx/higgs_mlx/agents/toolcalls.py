@@ -196,11 +196,14 @@ class ToolCallParser:
     Args:
         syntax: the family's syntax.
         tool_names: names of the request's tools; a call to any other name comes back as text.
+        max_calls: keep at most this many calls (1 for ``parallel_tool_calls: false`` /
+            ``disable_parallel_tool_use``); further well-formed calls are dropped.
     """
 
-    def __init__(self, syntax: ToolSyntax, tool_names: Iterable[str]) -> None:
+    def __init__(self, syntax: ToolSyntax, tool_names: Iterable[str], *, max_calls: int | None = None) -> None:
         self.syntax = syntax
         self.tool_names = frozenset(tool_names)
+        self.max_calls = max_calls
         self._buf = ""
         self._in_call = False
         self._bare = False  # the open region is a bare JSON call at the start of the answer
@@ -244,6 +247,8 @@ class ToolCallParser:
 
     def _calls(self, calls: list[ParsedCall]) -> list[Segment]:
         out: list[Segment] = []
+        if self.max_calls is not None:
+            calls = calls[: max(self.max_calls - self.calls, 0)]
         for call in calls:
             out += [ToolCallStart(id=new_call_id(), name=call.name),
                     ToolArgs(json.dumps(call.arguments, ensure_ascii=False)), ToolCallEnd()]

@@ -288,3 +288,10 @@ def test_mentioning_a_marker_does_not_stall_the_stream():
     assert _text(first) == "Use the <tool_call> tag to call tools"  # streamed at once, not held to the end
     rest = parser.feed(", like this.") + parser.finish()
     assert _text(first + rest) == "Use the <tool_call> tag to call tools, like this."
+
+
+def test_parallel_calls_off_keeps_the_first_call():
+    text = ('<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
+    segments = _feed(ToolCallParser(get_syntax("hermes"), NAMES, max_calls=1), list(text))
+    assert _calls(segments) == [("get_time", {"tz": "UTC"})] and _text(segments) == ""
