@@ -17,8 +17,9 @@ HOP_BY_HOP = frozenset({
 #: Dropped from client requests: compression is negotiated per hop (the gateway hands over the decoded,
 #: possibly re-serialized body); credentials are re-issued explicitly.
 REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "content-encoding", "authorization", "x-api-key", "cookie"}
-#: Response headers the gateway sets itself (``content-encoding`` stays: bodies are relayed undecoded).
-RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
+#: Response headers the gateway sets itself; ``content-encoding`` goes because a body compressed despite
+#: the absent ``Accept-Encoding`` is relayed decoded.
+RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "content-encoding"}
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:

@@ -137,8 +137,9 @@ class RemoteProvider(Provider):
         if self.session is None or self.session.closed:
             connector = aiohttp.TCPConnector(limit=self.options.max_connections, ttl_dns_cache=300,
                                              ssl=self.options.tls_verify)
-            # No auto-decompression and no Accept-Encoding: upstream bytes reach the client untouched.
-            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+            # No Accept-Encoding: upstreams answer uncompressed, so their bytes reach the client untouched; one
+            # that compresses anyway is decoded (the gateway never sends content-encoding on).
+            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                                  trust_env=self.options.trust_env,
                                                  skip_auto_headers=("Accept-Encoding", "User-Agent"))
 

@@ -257,3 +257,29 @@ async def test_passthrough_stream_closed_unread_releases_everything(fake, make_p
     await response.close()
     await response.close()  # idempotent
     assert provider.in_flight == 0
+
+
+async def test_an_upstream_that_compresses_anyway_is_relayed_decoded(make_provider):
+    import gzip
+
+    from aiohttp import web
+
+    payload = json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
+
+    async def handler(request):
+        return web.Response(body=gzip.compress(payload), headers={"content-encoding": "gzip",
+                                                                  "content-type": "application/json"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        provider = make_provider(url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        response = await provider.passthrough(raw_request({"model": "m"}), call("openai"))
+        assert await read_all(response) == payload
+        assert "content-encoding" not in [k.lower() for k, _ in response.headers]
+    finally:
+        await runner.cleanup()
