@@ -100,6 +100,10 @@ class Job:
     history: Any = None
     detok: Any = None
     matcher: StopMatcher | None = None
+    #: Vision prompts (``higgs_mlx.vision``): input embeddings ``(1, len(prompt), hidden)`` with the images
+    #: spliced in; prefill feeds them instead of embedding ``prompt`` (whose image positions are fillers).
+    #: Such a job must not use or fill a token-keyed prefix cache.
+    embeds: Any = None
 
     def cancel(self) -> None:
         """Stop this job at the next step (safe from any thread)."""
@@ -256,11 +260,11 @@ class Engine:
             self._active.remove(job)
         job.cache = job.pending = job.history = None
 
-    def _forward(self, job: Job, tokens: Any) -> tuple[Any, Any]:
+    def _forward(self, job: Job, tokens: Any, **embeds: Any) -> tuple[Any, Any]:
         """One model call on ``tokens`` -> (sampled token, log-probabilities), like mlx-lm's ``_step``."""
         import mlx.core as mx
 
-        logits = job.lm.model(tokens[None], cache=job.cache)[:, -1, :]
+        logits = job.lm.model(tokens[None], cache=job.cache, **embeds)[:, -1, :]
         if job.processors:
             job.history = tokens if job.history is None else mx.concatenate([job.history, tokens])
             for processor in job.processors:
@@ -276,14 +280,15 @@ class Engine:
             if remaining > 0:
                 n = min(self.prefill_chunk, remaining)
                 chunk = mx.array(job.prompt[job.pos : job.pos + n])
-                job.lm.model(chunk[None], cache=job.cache)
+                job.lm.model(chunk[None], cache=job.cache, **_embeds(job, job.pos, job.pos + n))
                 mx.eval([c.state for c in job.cache])
                 if job.processors:
                     job.history = chunk if job.history is None else mx.concatenate([job.history, chunk])
                 job.pos += n
                 return
-            y, logprobs = self._forward(job, mx.array(job.prompt[job.pos :]))
+            y, logprobs = self._forward(job, mx.array(job.prompt[job.pos :]), **_embeds(job, job.pos, None))
             mx.async_eval(y, logprobs)  # type: ignore[no-untyped-call]
+            job.embeds = None
             job.pos = len(job.prompt)
             job.pending = (y, logprobs)
             job.prefilling = False
@@ -350,3 +355,10 @@ class Engine:
             pairs = sorted(zip(id_list, val_list, strict=True), key=lambda p: -p[1])
             entry["top_logprobs"] = [{"token": tok.decode([i]), "id": i, "logprob": v} for i, v in pairs]
         return [entry]
+
+
+def _embeds(job: Job, start: int, end: int | None) -> dict[str, Any]:
+    """``input_embeddings`` for prompt positions ``start:end`` of a vision job, else nothing."""
+    if job.embeds is None:
+        return {}
+    return {"input_embeddings": job.embeds[:, start:end]}

@@ -43,6 +43,8 @@ class LoadedModel:
     context_length: int | None = None
     aliases: tuple[str, ...] = ()
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    #: The family's ``higgs_mlx.vision.VisionAdapter`` for image + text models, else None.
+    vision: Any = None
 
     @property
     def has_chat_template(self) -> bool:
@@ -232,9 +234,14 @@ def load_model_dir(path: Path, architectures: Mapping[str, ArchitectureSpec], *,
             eos_ids.add(token_id)
     defaults = read_sampling_defaults(path)
     ctx_len = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    vision = None
+    if arch.vision:
+        from higgs_mlx.vision import load_adapter
+
+        vision = load_adapter(arch.vision, path, config)
     return LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer, config=config, arch=arch,
                        eos_ids=eos_ids, context_length=int(ctx_len) if ctx_len else None, aliases=aliases,
-                       sampling_defaults=defaults)
+                       sampling_defaults=defaults, vision=vision)
 
 
 def warm_up(lm: LoadedModel) -> None:

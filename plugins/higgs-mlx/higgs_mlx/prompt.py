@@ -31,13 +31,24 @@ def _image_error(lm: LoadedModel) -> InvalidRequestError:
                                "vision model.", param="messages", code="image_not_supported")
 
 
+image_error = _image_error
+
+
+def _image_text(lm: LoadedModel) -> str:
+    """The placeholder an image becomes in a vision model's prompt (see ``higgs_mlx.vision``); 400 otherwise."""
+    adapter = getattr(lm, "vision", None)
+    if adapter is None:
+        raise _image_error(lm)
+    return str(adapter.placeholder)
+
+
 def _text_of(blocks: list[Any], lm: LoadedModel) -> str:
     parts: list[str] = []
     for block in blocks:
         if isinstance(block, TextBlock):
             parts.append(block.text)
         elif isinstance(block, ImageBlock):
-            raise _image_error(lm)
+            parts.append(_image_text(lm))
     return "".join(parts)
 
 
@@ -58,7 +69,7 @@ def template_messages(request: ChatRequest, lm: LoadedModel) -> list[dict[str, A
                     calls.append({"id": block.id, "type": "function",
                                   "function": {"name": block.name, "arguments": block.input}})
                 elif isinstance(block, ImageBlock):
-                    raise _image_error(lm)
+                    text.append(_image_text(lm))
             entry: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
             if thinking:
                 entry["reasoning_content"] = "".join(thinking)
@@ -79,7 +90,7 @@ def template_messages(request: ChatRequest, lm: LoadedModel) -> list[dict[str, A
             elif isinstance(block, TextBlock):
                 pending.append(block.text)
             elif isinstance(block, ImageBlock):
-                raise _image_error(lm)
+                pending.append(_image_text(lm))
             elif isinstance(block, UnknownBlock):
                 raise InvalidRequestError(f"Content block type '{block.type}' is not supported by local models.",
                                           param="messages")
