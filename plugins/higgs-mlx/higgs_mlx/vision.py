@@ -128,24 +128,26 @@ async def prepare_chat(provider: Any, request: ChatRequest) -> tuple[LoadedModel
     images = await load_images(refs, settings)
     lm, text, _ = await asyncio.to_thread(provider._prepare_chat, request)
 
-    def tokenize() -> tuple[list[int], Any]:
+    def tokenize() -> tuple[list[int], list[int], Any]:
         if text.count(adapter.marker) != len(images):
             raise InvalidRequestError(
                 f"The conversation text contains '{adapter.marker}', which '{lm.name}' reserves for images; "
                 "remove it from the text.", param="messages", code="invalid_image")
-        return adapter.encode_prompt(text, lm.tokenizer._tokenizer), adapter.preprocess(images)
+        slots = adapter.encode_prompt(text, lm.tokenizer._tokenizer)
+        per_image = adapter.tokens_per_image()
+        vocab = int(lm.config.get("vocab_size") or len(lm.tokenizer._tokenizer))
+        fills = iter(images)
+        ids: list[int] = []
+        for token in slots:
+            if token == adapter.image_token_id:
+                ids.extend(image_fill_ids(next(fills), per_image, vocab))
+            else:
+                ids.append(token)
+        return slots, ids, adapter.preprocess(images)
 
-    slots, pixels = await asyncio.to_thread(tokenize)
+    slots, ids, pixels = await asyncio.to_thread(tokenize)
     future = provider.engine.call(functools.partial(_embed, adapter, lm, slots, pixels))
     embeds = await asyncio.wrap_future(future)
-    fill = _fill_id(lm)
-    ids: list[int] = []
-    per_image = adapter.tokens_per_image()
-    for token in slots:
-        if token == adapter.image_token_id:
-            ids.extend([fill] * per_image)
-        else:
-            ids.append(token)
     if len(ids) != int(embeds.shape[1]):
         raise RuntimeError(f"vision adapter returned {embeds.shape[1]} embeddings for {len(ids)} positions")
     return lm, VisionPrompt(text, ids, embeds)
@@ -159,13 +161,16 @@ def _embed(adapter: VisionAdapter, lm: LoadedModel, slots: list[int], pixels: An
     return embeds
 
 
-def _fill_id(lm: LoadedModel) -> int:
-    """The token id that stands for image positions in ``Job.prompt`` (counts and penalties only)."""
-    tok = lm.tokenizer
-    for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
-        if isinstance(value, int) and value >= 0:
-            return value
-    return 0
+def image_fill_ids(image: Image, count: int, vocab_size: int) -> list[int]:
+    """The token ids that stand for an image's positions in ``Job.prompt``: derived from a hash of its
+    pixels, so a prefix cache keyed on token ids hits only when the same image sits at the same place
+    (whose KV-cache is then truly the same) and never confuses two images."""
+    import hashlib
+    import random
+
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).digest()
+    rng = random.Random(digest)
+    return [rng.randrange(vocab_size) for _ in range(count)]
 
 
 def splice_features(embed_tokens: Any, ids: list[int], features: Any, image_token_id: int) -> Any:
