@@ -97,11 +97,22 @@ class CompiledIndex:
         return toks[nd <= budget]
 
 
-def _token_bytes(hf: Any) -> dict[int, bytes]:
+def _decoder_json(hf: Any) -> str:
+    """The tokenizer's decoder config as JSON text (only the decoder: serialising the whole tokenizer costs
+    seconds for a 262k vocabulary)."""
+    decoder = getattr(hf.backend_tokenizer, "decoder", None)
+    if decoder is None:
+        return "{}"
+    try:
+        state = decoder.__getstate__()
+        return state.decode() if isinstance(state, bytes) else json.dumps(state)
+    except (AttributeError, TypeError, ValueError):
+        return json.dumps(json.loads(hf.backend_tokenizer.to_str()).get("decoder") or {})
+
+
+def _token_bytes(hf: Any, vocab: dict[str, int]) -> dict[int, bytes]:
     """Every regular token id -> the bytes it stands for."""
-    backend = json.loads(hf.backend_tokenizer.to_str())
-    decoder = json.dumps(backend.get("decoder") or {})
-    vocab: dict[str, int] = hf.get_vocab()
+    decoder = _decoder_json(hf)
     out: dict[int, bytes] = {}
     if '"ByteLevel"' in decoder:
         from higgs_mlx.agents._bytes import byte_decoder
@@ -149,17 +160,19 @@ def vocabulary_for(tokenizer: Any) -> TokenVocabulary:
     if not eos_ids:
         raise InvalidRequestError("Constrained decoding needs a tokenizer with an end-of-sequence token.")
     keep = _markup_tokens()
-    specials = {tid for tid, tok in hf.added_tokens_decoder.items() if tok.special and tok.content not in keep}
-    added = {tid: tok.content for tid, tok in hf.added_tokens_decoder.items() if not tok.special}
+    added_tokens = hf.added_tokens_decoder
+    specials = {tid for tid, tok in added_tokens.items() if tok.special and tok.content not in keep}
+    added = {tid: tok.content for tid, tok in added_tokens.items() if not tok.special}
+    full_vocab: dict[str, int] = hf.get_vocab()
     by_bytes: dict[bytes, list[int]] = {}
-    for tid, raw in _token_bytes(hf).items():
+    for tid, raw in _token_bytes(hf, full_vocab).items():
         if tid in specials or tid in eos_ids:
             continue
         if tid in added:
             raw = added[tid].encode()
         if raw:
             by_bytes.setdefault(raw, []).append(tid)
-    size = max(len(hf), max(hf.get_vocab().values(), default=0) + 1)
+    size = max(len(hf), max(full_vocab.values(), default=0) + 1)
     vocab = TokenVocabulary(Vocabulary(eos_ids[0], by_bytes), size, tuple(eos_ids), id(tokenizer))
     with _lock:
         _vocabularies[tokenizer] = vocab
