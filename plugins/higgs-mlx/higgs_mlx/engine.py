@@ -101,8 +101,9 @@ class Job:
     detok: Any = None
     matcher: StopMatcher | None = None
     #: Vision prompts (``higgs_mlx.vision``): input embeddings ``(1, len(prompt), hidden)`` with the images
-    #: spliced in; prefill feeds them instead of embedding ``prompt`` (whose image positions are fillers).
-    #: Such a job must not use or fill a token-keyed prefix cache.
+    #: spliced in; prefill feeds ``embeds[:, pos:...]`` instead of embedding ``prompt[pos:...]``. The image
+    #: positions of ``prompt`` hold ids derived from the image's hash, so a token-keyed prefix cache hits
+    #: only on the same image at the same place; a hit just advances ``pos``.
     embeds: Any = None
 
     def cancel(self) -> None:
