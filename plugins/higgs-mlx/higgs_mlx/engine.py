@@ -1,16 +1,22 @@
 """The engine thread: one thread owns every MLX call; the event loop only exchanges messages with it.
 
-The thread runs a scheduler over the set of active requests (``Job``). Each pass of the step loop admits
-new jobs from the inbox, then gives every active job one unit of work: a prefill chunk (long prompts are
-prefilled in ``prefill_chunk`` pieces, so they cannot stall the others) or one decode step. A decode step
-is pipelined the way mlx-lm's ``generate_step`` is: the next token's graph is queued (``mx.async_eval``)
-before the current token is read back, so Python's bookkeeping overlaps the computation.
+The thread runs a scheduler over the set of active requests (``Job``). Each pass of the step loop:
+
+1. takes new jobs from the inbox into a bounded waiting queue (``max_queue``; beyond it a job fails at
+   once with a 503 ``overloaded`` carrying ``retry_after``) and admits waiting jobs while fewer than
+   ``max_batch`` are active; admission looks the prompt up in the prefix cache (``prefix_cache.py``) and
+   starts the job's KV cache from the cached prefix;
+2. prefills: at most ``prefill_chunk`` prompt tokens per pass (whole chunks, oldest job first), so a long
+   prompt is spread over many passes and cannot stall the running streams; a finished prefill inserts the
+   prompt's KV into the prefix cache;
+3. decodes: with batching on (the default), every decoding job of a model advances in one model call
+   (``batching.DecodeBatch``); with it off, each job takes one decode step of its own. Either way a step
+   is pipelined the way mlx-lm's ``generate_step`` is: the next token's graph is queued
+   (``mx.async_eval``) before the current token is read back, so Python's bookkeeping overlaps the
+   computation, and each step syncs with the device once.
 
 Results go back to asyncio through the job's ``emit`` callback (``loop.call_soon_threadsafe``); a client
-that disconnects sets ``Job.cancelled`` and the job is dropped at the next step.
-
-Continuous batching and a prefix cache slot in here: admission (``_admit``), the per-step work
-(``_step_all``) and the per-job KV cache are the places they change.
+that disconnects sets ``Job.cancelled`` and the job (queued or running) is dropped at the next pass.
 """
 
 from __future__ import annotations
@@ -20,16 +26,25 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from higgs.errors import ApiError
 from higgs.messages import StopReason
 
+from higgs_mlx.batching import DecodeBatch, can_batch
 from higgs_mlx.loader import LoadedModel
+from higgs_mlx.prefix_cache import PrefixCache
 from higgs_mlx.stops import StopMatcher
 
 log = logging.getLogger(__name__)
+
+#: Defaults of the scheduler's knobs (``[server]`` keys of the same names; see docs/engine.md).
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -105,6 +120,12 @@ class Job:
     #: positions of ``prompt`` hold ids derived from the image's hash, so a token-keyed prefix cache hits
     #: only on the same image at the same place; a hit just advances ``pos``.
     embeds: Any = None
+    #: Prompt tokens whose KV came from the prefix cache.
+    cached: int = 0
+    #: Whether the prompt's KV goes into the prefix cache after prefill.
+    cache_prefix: bool = False
+    in_batch: bool = False
+    finished: bool = False
 
     def cancel(self) -> None:
         """Stop this job at the next step (safe from any thread)."""
@@ -120,13 +141,27 @@ class _Call:
 class Engine:
     """Owns the MLX thread and the scheduler over active jobs."""
 
-    def __init__(self, prefill_chunk: int = 512) -> None:
+    def __init__(self, prefill_chunk: int = 512, *, batch: bool = True, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_queue: int = DEFAULT_MAX_QUEUE, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
         self.prefill_chunk = prefill_chunk
+        #: Continuous batching for models without their own setting (``configure_model``).
+        self.batch = batch
+        #: Most jobs prefilling or decoding at once; more wait in the queue.
+        self.max_batch = max(1, max_batch)
+        #: Most jobs waiting; beyond it new jobs fail with a 503 and ``retry_after``.
+        self.max_queue = max(0, max_queue)
+        self.prefix = PrefixCache(prefix_cache_bytes)
         self._inbox: queue.SimpleQueue[Job | _Call | None] = queue.SimpleQueue()
+        self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
+        self._batches: dict[int, DecodeBatch] = {}
+        self._batch_models: dict[int, bool] = {}
+        self.rejected = 0
+        self.peak_batch = 0
         self._thread = threading.Thread(target=self._main, name="higgs-mlx-engine", daemon=True)
         self._stream: Any = None
         self._started = False
+        self._started_at = time.perf_counter()
         self.completed = 0
         #: Set when the engine thread died of an unexpected error; new work is refused with it.
         self.crashed: BaseException | None = None
@@ -136,6 +171,7 @@ class Engine:
         """Start the engine thread (idempotent)."""
         if not self._started:
             self._started = True
+            self._started_at = time.perf_counter()
             self._thread.start()
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
@@ -144,12 +180,33 @@ class Engine:
         self._inbox.put(_Call(fn, future))
         return future
 
+    def configure_model(self, lm: LoadedModel, *, batch: bool | None = None) -> None:
+        """Per-model settings (``[[models]] batch``); None keeps the engine's default."""
+        if batch is not None:
+            self._batch_models[id(lm)] = batch
+
+    def queued(self) -> int:
+        """Jobs submitted but not yet started."""
+        return self._inbox.qsize() + len(self._waiting)
+
     def submit(self, job: Job) -> None:
-        """Queue a job; it starts at the next step (a dead engine fails it at once)."""
+        """Queue a job; it starts at the next step (a dead engine or a full queue fails it at once)."""
         if self.crashed is not None:
             job.emit(Failed(RuntimeError(f"the local engine stopped after an error: {self.crashed}")))
             return
+        if self.queued() >= self.max_queue + max(0, self.max_batch - len(self._active)):
+            self.rejected += 1
+            wait = max(1.0, self._expected_wait())
+            job.emit(Failed(ApiError(503, "overloaded", f"The local engine is busy ({len(self._active)} requests "
+                                     f"running, {self.queued()} waiting); retry in {wait:.0f} s.",
+                                     code="engine_overloaded", retry_after=wait)))
+            return
         self._inbox.put(job)
+
+    def _expected_wait(self) -> float:
+        """A rough retry-after: the queue ahead divided by recent throughput (2 s per batch when unknown)."""
+        rate = self.completed / max(1e-3, time.perf_counter() - self._started_at) if self.completed else 0.0
+        return min(60.0, (self.queued() / rate) if rate else 2.0 * (1 + self.queued() // self.max_batch))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the thread (active jobs are cancelled)."""
@@ -160,7 +217,8 @@ class Engine:
     def state(self) -> dict[str, Any]:
         """Live numbers for ``/metrics``."""
         active = list(self._active)
-        kv = 0
+        batches = list(self._batches.values())
+        kv = sum(b.kv_bytes() for b in batches)
         for job in active:
             for c in job.cache or ():
                 try:
@@ -170,8 +228,14 @@ class Engine:
         return {
             "active_requests": len(active),
             "prefilling": sum(1 for j in active if j.prefilling),
-            "queue_depth": self._inbox.qsize(),
+            "batch_size": sum(len(b.rows) for b in batches),
+            "peak_batch_size": self.peak_batch,
+            "queue_depth": self.queued(),
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "rejected_requests": self.rejected,
             "kv_cache_bytes": kv,
+            **self.prefix.state(),
             "completed_requests": self.completed,
         }
 
@@ -193,9 +257,11 @@ class Engine:
         except BaseException as err:  # never leave callers waiting on a dead thread
             log.exception("the engine thread failed")
             self.crashed = reason = err
-        for job in self._active:
+        for job in [*self._active, *self._waiting]:
             job.emit(Failed(reason))
         self._active.clear()
+        self._waiting.clear()
+        self._batches.clear()
         while True:  # whatever is still queued
             try:
                 item = self._inbox.get_nowait()
@@ -207,12 +273,12 @@ class Engine:
                 item.future.set_exception(RuntimeError(f"the engine stopped: {reason}"))
 
     def _drain_inbox(self) -> bool:
-        """Admit everything waiting; block only while idle. False when asked to stop."""
+        """Queue everything sent, admit what fits; block only while idle. False when asked to stop."""
         while True:
             try:
-                item = self._inbox.get(block=not self._active)
+                item = self._inbox.get(block=not self._active and not self._waiting)
             except queue.Empty:
-                return True
+                break
             if item is None:
                 return False
             if isinstance(item, _Call):
@@ -222,16 +288,24 @@ class Engine:
                     except BaseException as err:
                         item.future.set_exception(err)
             else:
-                try:
-                    self._admit(item)
-                except Exception as err:  # this job cannot start; the others are fine
-                    log.exception("cannot start a generation")
-                    item.emit(Failed(err))
-                except BaseException as err:
-                    item.emit(Failed(err))
-                    raise
+                self._waiting.append(item)
+        if any(job.cancelled for job in self._waiting):  # a client that left while queued
+            self._waiting = deque(job for job in self._waiting if not job.cancelled)
+        while self._waiting and len(self._active) < self.max_batch:
+            job = self._waiting.popleft()
+            try:
+                self._admit(job)
+            except Exception as err:  # this job cannot start; the others are fine
+                log.exception("cannot start a generation")
+                self._drop(job)
+                job.emit(Failed(err))
+            except BaseException as err:
+                job.emit(Failed(err))
+                raise
+        return True
 
     def _admit(self, job: Job) -> None:
+        import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
         if job.cancelled:
@@ -239,26 +313,66 @@ class Engine:
         job.cache = make_prompt_cache(job.lm.model)
         job.detok = job.lm.tokenizer.detokenizer
         job.matcher = StopMatcher(job.stops)
+        if self.prefix.supports(id(job.lm), job.cache, job.lm.name):
+            job.cache_prefix = True
+            hit = self.prefix.lookup(id(job.lm), job.prompt)
+            if hit.cache is not None:
+                job.cache, job.pos, job.cached = hit.cache, hit.tokens, hit.tokens
+                if job.processors:
+                    job.history = mx.array(job.prompt[: job.pos])
         self._active.append(job)
 
     def _step_all(self) -> None:
+        budget = self.prefill_chunk
         for job in list(self._active):
+            if job.in_batch:
+                continue
             if job.cancelled:
                 self._drop(job)
                 continue
             try:
                 if job.prefilling:
-                    self._prefill(job)
+                    if budget > 0:
+                        budget -= self._prefill(job, budget)
+                        if not job.prefilling and self._batching(job):
+                            self._batches.setdefault(id(job.lm), DecodeBatch(self._emit_row)).join(job)
+                            job.in_batch = True
                 else:
                     self._decode(job)
             except Exception as err:
                 log.exception("generation failed")
                 self._drop(job)
                 job.emit(Failed(err))
+        for key, batch in list(self._batches.items()):
+            try:
+                for job in batch.step(self._stream):
+                    self._drop(job)
+            except Exception as err:
+                log.exception("batched generation failed")
+                for job in batch.jobs():
+                    self._drop(job)
+                    if not job.finished:
+                        job.emit(Failed(err))
+                batch.rows, batch.cache = [], None
+            if not len(batch):
+                del self._batches[key]
+            else:
+                self.peak_batch = max(self.peak_batch, len(batch.rows))
+
+    def _batching(self, job: Job) -> bool:
+        """Whether ``job`` decodes in its model's batch."""
+        return self._batch_models.get(id(job.lm), self.batch) and can_batch(job.cache)
+
+    def _emit_row(self, job: Job, token: int, logprobs: Any) -> bool:
+        """A batch row's token -> the job's outputs; True when the job finished."""
+        if not job.cancelled:
+            self._emit_token(job, token, logprobs)
+        return job.finished
 
     def _drop(self, job: Job) -> None:
         if job in self._active:
             self._active.remove(job)
+        job.in_batch = False
         job.cache = job.pending = job.history = None
 
     def _forward(self, job: Job, tokens: Any, **embeds: Any) -> tuple[Any, Any]:
@@ -273,26 +387,35 @@ class Engine:
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
         return job.sampler(logprobs), logprobs.squeeze(0)
 
-    def _prefill(self, job: Job) -> None:
+    def _prefill(self, job: Job, budget: int) -> int:
+        """Prefill whole chunks of ``job``'s prompt while fewer than ``budget`` tokens were done; the last
+        piece also samples the first token. Returns the number of prompt tokens processed."""
         import mlx.core as mx
 
+        used = 0
         with mx.stream(self._stream):
-            remaining = len(job.prompt) - job.pos - 1
-            if remaining > 0:
-                n = min(self.prefill_chunk, remaining)
-                chunk = mx.array(job.prompt[job.pos : job.pos + n])
-                job.lm.model(chunk[None], cache=job.cache, **_embeds(job, job.pos, job.pos + n))
-                mx.eval([c.state for c in job.cache])
-                if job.processors:
-                    job.history = chunk if job.history is None else mx.concatenate([job.history, chunk])
-                job.pos += n
-                return
-            y, logprobs = self._forward(job, mx.array(job.prompt[job.pos :]), **_embeds(job, job.pos, None))
-            mx.async_eval(y, logprobs)  # type: ignore[no-untyped-call]
-            job.embeds = None
-            job.pos = len(job.prompt)
-            job.pending = (y, logprobs)
-            job.prefilling = False
+            while used < budget:
+                remaining = len(job.prompt) - job.pos - 1
+                if remaining > 0:
+                    n = min(self.prefill_chunk, remaining)
+                    chunk = mx.array(job.prompt[job.pos : job.pos + n])
+                    job.lm.model(chunk[None], cache=job.cache, **_embeds(job, job.pos, job.pos + n))
+                    mx.eval([c.state for c in job.cache])
+                    if job.processors:
+                        job.history = chunk if job.history is None else mx.concatenate([job.history, chunk])
+                    job.pos += n
+                    used += n
+                    continue
+                used += len(job.prompt) - job.pos
+                y, logprobs = self._forward(job, mx.array(job.prompt[job.pos :]), **_embeds(job, job.pos, None))
+                stored = self.prefix.insert(id(job.lm), job.prompt, job.cache) if job.cache_prefix else []
+                mx.async_eval(y, logprobs, *stored)  # type: ignore[no-untyped-call]
+                job.embeds = None
+                job.pos = len(job.prompt)
+                job.pending = (y, logprobs)
+                job.prefilling = False
+                break
+        return used
 
     def _decode(self, job: Job) -> None:
         import mlx.core as mx
@@ -338,8 +461,9 @@ class Engine:
         if text or info:
             job.emit(Chunk(text, [], info))
         self._drop(job)
+        job.finished = True
         self.completed += 1
-        job.emit(Done(reason, stop, len(job.prompt), job.n_out))
+        job.emit(Done(reason, stop, len(job.prompt), job.n_out, job.cached))
 
     def _logprobs(self, job: Job, token: int, logprobs: Any) -> list[dict[str, Any]]:
         import mlx.core as mx

@@ -1,0 +1,186 @@
+"""Continuous batching: the decoding jobs of one model advance together, one model call per step.
+
+A ``DecodeBatch`` owns the rows (jobs) that finished their prefill, their KV caches merged into mlx-lm's
+batch caches (``BatchKVCache``: left-padded, one offset per row; ``BatchRotatingKVCache`` and
+``ArraysCache`` for sliding-window and SSM layers), and the pending tokens of the next step.
+
+One step, pipelined like mlx-lm's ``generate_step``:
+
+1. jobs that finished their prefill join: their caches are merged in (``extend``) and their first token
+   is appended to the pending tokens;
+2. the graph of the *next* tokens is built from the pending ones and queued with ``mx.async_eval``;
+3. the pending tokens are read back (the step's only host sync) and handed to each job's emitter;
+4. rows that finished (EOS, stop string, ``max_tokens``, cancelled) are filtered out of the caches and of
+   the queued next tokens.
+
+Per-request sampling stays per row: a batch whose rows are all greedy without logits processors samples
+with one ``argmax``; otherwise each row's processors (penalties, logit bias, JSON-schema constraints) and
+sampler (own PRNG key) run on its own logits row. A batch of one row keeps the job's own ``KVCache``
+(no padding masks), so a single stream runs the same code as the unbatched engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from higgs_mlx.engine import Job
+
+log = logging.getLogger(__name__)
+
+
+def can_batch(cache: list[Any]) -> bool:
+    """Whether every layer of a cache can be merged into one of mlx-lm's batch caches (``KVCache``,
+    ``RotatingKVCache``, ``ArraysCache`` and ``CacheList`` can; quantized and chunked caches cannot)."""
+    return bool(cache) and all(callable(getattr(type(c), "merge", None)) for c in cache)
+
+
+class DecodeBatch:
+    """The decoding rows of one model."""
+
+    def __init__(self, finish_row: Callable[[Job, int, Any], bool]) -> None:
+        #: ``(job, token, logprobs row) -> finished?``: emits the token (the engine's bookkeeping).
+        self._finish_row = finish_row
+        self.rows: list[Job] = []
+        self.cache: list[Any] | None = None
+        self.batched = False  # False: one row on its own KVCache
+        self.tokens: Any = None  # pending tokens, shape (B,)
+        self.logprobs: Any = None  # their log-probabilities, shape (B, vocab)
+        self._joining: list[Job] = []
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self._joining)
+
+    def join(self, job: Job) -> None:
+        """Add a job whose prefill is done (``job.pending`` holds its first token); it runs next step."""
+        self._joining.append(job)
+
+    def jobs(self) -> list[Job]:
+        """Every job of the batch, joining ones included."""
+        return [*self.rows, *self._joining]
+
+    def kv_bytes(self) -> int:
+        """Bytes held by the batch's caches."""
+        total = 0
+        for c in self.cache or ():
+            try:
+                total += int(c.nbytes)
+            except Exception:  # an empty layer has no arrays yet
+                pass
+        return total
+
+    # -- one step -----------------------------------------------------------------------------------
+    def step(self, stream: Any) -> list[Job]:
+        """Advance every row by one token; return the jobs that left (finished or cancelled)."""
+        import mlx.core as mx
+
+        left = self._drop_cancelled()
+        if self._joining:
+            self._merge_joiners()
+        if not self.rows:
+            return left
+        n = len(self.rows)
+        more = [job.n_out + 1 < job.max_tokens for job in self.rows]
+        upcoming: tuple[Any, Any] | None = None
+        if any(more):
+            with mx.stream(stream):
+                upcoming = self._forward(self.tokens)
+            mx.async_eval(*upcoming)  # type: ignore[no-untyped-call]
+        tokens: list[int] = self.tokens.tolist()
+        keep: list[int] = []
+        for i, job in enumerate(self.rows):
+            job.n_out += 1
+            finished = self._finish_row(job, tokens[i], self.logprobs[i] if job.top_logprobs is not None else None)
+            if not finished and not more[i]:  # max_tokens reached; the emitter already finished it
+                finished = True
+            if finished or job.cancelled:
+                left.append(job)
+            else:
+                keep.append(i)
+        if upcoming is None or not keep:
+            self._reset()
+            return left
+        self.tokens, self.logprobs = upcoming
+        if len(keep) < n:
+            self._filter(keep)
+        return left
+
+    def _drop_cancelled(self) -> list[Job]:
+        gone = [job for job in self._joining if job.cancelled]
+        self._joining = [job for job in self._joining if not job.cancelled]
+        keep = [i for i, job in enumerate(self.rows) if not job.cancelled]
+        if len(keep) < len(self.rows):
+            gone += [job for job in self.rows if job.cancelled]
+            if keep:
+                self._filter(keep)
+            else:
+                self._reset()
+        return gone
+
+    def _reset(self) -> None:
+        self.rows = []
+        self.cache = None
+        self.batched = False
+        self.tokens = self.logprobs = None
+
+    def _merge_joiners(self) -> None:
+        import mlx.core as mx
+
+        joiners, self._joining = self._joining, []
+        for job in joiners:
+            y, logprobs = job.pending
+            job.pending = None
+            if self.cache is None:
+                self.cache, self.batched = job.cache, False
+                self.tokens, self.logprobs = y, logprobs[None]
+            else:
+                if not self.batched:
+                    self.cache = [type(c).merge([c]) for c in self.cache]
+                    self.batched = True
+                for layer, new in zip(self.cache, job.cache, strict=True):
+                    layer.extend(type(new).merge([new]))
+                self.tokens = mx.concatenate([self.tokens, y])
+                self.logprobs = mx.concatenate([self.logprobs, logprobs[None]])
+            job.cache = None  # the batch owns it now
+            self.rows.append(job)
+
+    def _filter(self, keep: list[int]) -> None:
+        import mlx.core as mx
+
+        self.rows = [self.rows[i] for i in keep]
+        index = mx.array(keep)
+        self.tokens = self.tokens[index]
+        self.logprobs = self.logprobs[index]
+        assert self.cache is not None
+        if len(keep) == 1 and self.batched:
+            # Back to one stream: its own plain cache, no padding masks per step.
+            self.cache = [c.extract(keep[0]) for c in self.cache]
+            self.batched = False
+            return
+        for c in self.cache:
+            c.filter(index)
+
+    def _forward(self, tokens: Any) -> tuple[Any, Any]:
+        """The model on the pending tokens -> (next tokens ``(B,)``, log-probabilities ``(B, vocab)``)."""
+        import mlx.core as mx
+
+        logits = self.rows[0].lm.model(tokens[:, None], cache=self.cache)[:, -1, :]
+        plain = all(not job.processors and getattr(job.sampler, "greedy", False) for job in self.rows)
+        if plain:
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            return mx.argmax(logprobs, axis=-1), logprobs
+        rows_lp = []
+        rows_y = []
+        for i, job in enumerate(self.rows):
+            row = logits[i : i + 1]
+            if job.processors:
+                token = tokens[i : i + 1]
+                job.history = token if job.history is None else mx.concatenate([job.history, token])
+                for processor in job.processors:
+                    row = processor(job.history, row)
+            lp = row - mx.logsumexp(row, axis=-1, keepdims=True)
+            rows_lp.append(lp)
+            rows_y.append(job.sampler(lp).reshape(1))
+        return mx.concatenate(rows_y), mx.concatenate(rows_lp)
