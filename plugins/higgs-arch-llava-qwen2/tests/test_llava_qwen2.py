@@ -227,3 +227,30 @@ def test_image_marker_in_text_is_a_400(oai, image):
         oai.chat.completions.create(model="nano", max_tokens=4, messages=[{"role": "user", "content": [
             _oai_image(image), {"type": "text", "text": "compare with <image> please"}]}])
     assert "<image>" in str(err.value)
+
+
+def test_same_text_different_image_is_never_a_cache_hit(oai, vlm, reference):
+    """Image A then image B with the same text: B's answer is mlx-vlm's for B (no reuse of A's KV-cache),
+    and A again is A's answer."""
+    other = _png(9)
+    expected = _vlm_greedy(vlm, QUESTION, [other])
+    assert expected != reference
+
+    def ask(data: bytes) -> str:
+        reply = oai.chat.completions.create(model="nano", max_tokens=MAX_TOKENS, temperature=0, messages=[
+            {"role": "user", "content": [_oai_image(data), {"type": "text", "text": QUESTION}]}])
+        return str(reply.choices[0].message.content)
+
+    assert [ask(_png(7)), ask(other), ask(_png(7)), ask(other)] == [reference, expected, reference, expected]
+
+
+def test_private_image_url_is_a_400_by_default(oai, claude, server):
+    url = server + "/v1/models"  # the gateway itself, on loopback
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="nano", max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]}])
+    assert "non-public address" in str(err.value) and "allow_private_urls" in str(err.value)
+    with pytest.raises(anthropic.BadRequestError) as err2:
+        claude.messages.create(model="nano", max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": url}}, {"type": "text", "text": QUESTION}]}])
+    assert "messages[0].content[0]" in str(err2.value)
