@@ -94,6 +94,8 @@ class AutoRouter(Router):
         self._mode = auto.answer
         self._history_tokens = auto.history_tokens
         self._explaining: list[Provider] | None = None
+        #: Set once the warm-up classification at server start succeeded.
+        self.warmed = False
         if self.enabled and self._providers and not any(getattr(p, "local", False) for p in self._providers.values()):
             raise ConfigError("[auto_router] is enabled, but there is no local engine to run the classifier: "
                               "install higgs-mlx (or set [auto_router] enabled = false)")
@@ -133,6 +135,21 @@ class AutoRouter(Router):
             for provider in self._explaining:
                 await provider.close()
             self._explaining = None
+
+    async def warm_up(self) -> None:
+        """Classify a one-line conversation once, so the first request does not pay for building the
+        constraint's token index (seconds for a large vocabulary) or for kernel set-up."""
+        if not (self.enabled and self.candidates):
+            return
+        started = time.perf_counter()
+        try:
+            verdict = await self.classifier().classify(self.candidates, [{"role": "user", "content": "hello"}])
+        except Exception as err:  # a failed warm-up is reported; requests still fall back on failures
+            log.warning("auto-router: warm-up classification failed (%s: %s)", type(err).__name__, err)
+            return
+        self.warmed = True
+        log.info("auto-router ready: classifier '%s' answered %r in %.0f ms", self.model, verdict.answer,
+                 (time.perf_counter() - started) * 1000)
 
     # -- deciding ---------------------------------------------------------------------------------
     def applies(self, query: RouteQuery) -> bool:

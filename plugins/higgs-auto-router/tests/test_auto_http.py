@@ -18,6 +18,7 @@ from autorouter_support import CANDIDATES, Records, auto_app, make_provider
 from higgs.server import keys
 from higgs.testing import FakeProvider, serve_in_thread
 
+import higgs_auto_router
 from higgs_auto_router.classifier import MlxClassifier
 from higgs_auto_router.prompt import Candidate, answers
 
@@ -73,6 +74,14 @@ def wait_idle(engine, seconds: float = 2.0) -> bool:
     return False
 
 
+def wait_warm(seconds: float = 60.0) -> None:
+    """Wait for the classifier warm-up the server starts in the background (it must not race a steered test)."""
+    deadline = time.monotonic() + seconds
+    while higgs_auto_router._warming and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not higgs_auto_router._warming
+
+
 def _fakes():
     return {name: FakeProvider(models=[], reply=f"answer from {name}")
             for name in ("coder", "chatter", "mathy", "fallback")}
@@ -85,6 +94,8 @@ def env(tiny_router_model):
     app = auto_app(tiny_router_model, fakes, records=records)
     with serve_in_thread(app, timeout=120) as url:
         router = next(r for r in app[keys.ROUTERS] if r.name == "auto")
+        wait_warm()
+        assert router.warmed  # the server warmed the classifier up in the background
         yield {"url": url, "app": app, "fakes": fakes, "records": records, "router": router,
                "engine": app[keys.PROVIDERS]["higgs"].engine}
 
@@ -253,6 +264,7 @@ def test_force_classifies_every_request_first(tiny_router_model):
     app = auto_app(tiny_router_model, fakes, force=True)
     with serve_in_thread(app, timeout=120) as url:
         router = next(r for r in app[keys.ROUTERS] if r.name == "auto")
+        wait_warm()
         tokenizer = app[keys.PROVIDERS]["higgs"].model("router").tokenizer
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         router.classifier().extra_processors[:] = [Steer(tokenizer, "code")]
