@@ -91,8 +91,16 @@ def run_mlx_vlm(model, processor, prompt: str, image: str, gen: int) -> tuple[fl
 async def run_higgs(provider, model: str, question: str, image: str, gen: int) -> tuple[float, float, int]:
     """The same measurement through higgs's provider (engine thread + asyncio consumer)."""
     from higgs.interfaces import CallContext, RouteDecision
-    from higgs.messages import (BlockDelta, ChatRequest, ImageBlock, Message, Sampling, StreamError,
-                                StreamFinish, TextBlock)
+    from higgs.messages import (
+        BlockDelta,
+        ChatRequest,
+        ImageBlock,
+        Message,
+        Sampling,
+        StreamError,
+        StreamFinish,
+        TextBlock,
+    )
 
     media, _, data = image.partition(",")
     request = ChatRequest(model=model, max_tokens=gen, sampling=Sampling(temperature=0), stream=True,
@@ -120,15 +128,16 @@ def spread(values: list[float]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    import mlx.core as mx
+    import mlx.core as mx  # noqa: TID251 (bench measures mlx directly)
     import mlx_vlm
-    from higgs.config import HiggsSettings, ModelSettings, ProviderSettings
-    from higgs.interfaces import ProviderContext
     from higgs_arch_llava_qwen2 import SPEC
     from higgs_mlx.loader import on_cpu
     from higgs_mlx.provider import MlxProvider
     from mlx_vlm import load
     from mlx_vlm.prompt_utils import apply_chat_template
+
+    from higgs.config import HiggsSettings, ModelSettings, ProviderSettings
+    from higgs.interfaces import ProviderContext
 
     cpu = on_cpu()
     size = args.size
@@ -185,8 +194,9 @@ async def main_async(args: argparse.Namespace) -> int:
     decode_ratio = statistics.median(ours["decode"]) / statistics.median(base["decode"])
     print(f"\nhiggs vs mlx-vlm: TTFT {ttft_ratio:.2f}x faster, decode {decode_ratio:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model_dir.name, "dtype": dtype, "device": str(mx.default_device()),
-                                               "prompt": args.prompt, "gen": args.gen, "results": results}, indent=2))
+        summary = {"model": model_dir.name, "dtype": dtype, "device": str(mx.default_device()),
+                   "prompt": args.prompt, "gen": args.gen, "results": results}
+        Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
 
 
