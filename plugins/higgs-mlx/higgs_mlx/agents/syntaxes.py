@@ -49,13 +49,12 @@ def _between(buf: str, start: str, end: str, final: bool) -> tuple[str, int] | N
     return buf[len(start):stop], stop + len(end)
 
 
-def _early_reject(buf: str, marker: str, openings: tuple[str, ...]) -> Outcome | None:
-    """An unfinished region whose body cannot start a call: give the marker back as text right away, so a
-    model that merely mentions ``<tool_call>`` keeps streaming instead of being buffered to the end."""
+def _cannot_open(buf: str, marker: str, openings: tuple[str, ...]) -> bool:
+    """The region's body already shows it cannot be a call: the marker is then given back as text at once,
+    so a model that merely mentions ``<tool_call>`` keeps streaming instead of being buffered to the end
+    (decided from the body's first characters only, so the result never depends on chunking)."""
     body = buf[len(marker):].lstrip()
-    if not body or any(o.startswith(body[:len(o)]) for o in openings):
-        return None
-    return Outcome(None, len(marker))
+    return bool(body) and not any(o.startswith(body[:len(o)]) for o in openings)
 
 
 class HermesSyntax(ToolSyntax):
@@ -70,9 +69,11 @@ class HermesSyntax(ToolSyntax):
     _xml_param = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", re.S)
 
     def parse(self, buf: str, final: bool) -> Outcome | None:
+        if _cannot_open(buf, "<tool_call>", ("{", "<function=")):
+            return Outcome(None, len("<tool_call>"))
         found = _between(buf, "<tool_call>", "</tool_call>", final)
         if found is None:
-            return _early_reject(buf, "<tool_call>", ("{", "<function="))
+            return None
         body, consumed = found
         body = body.strip()
         if body.startswith("<function="):
@@ -133,8 +134,8 @@ class MistralSyntax(ToolSyntax):
             end = json_end(buf, skip)
             if end == INCOMPLETE:
                 return Outcome(None, len(buf)) if final else None
-            if end == INVALID:
-                return Outcome(None, len(buf))
+            if end == INVALID:  # only the marker is text; what follows is scanned again
+                return Outcome(None, start)
             return Outcome(calls_from_json_text(buf[skip:end]), end)
         args_at = buf.find("[ARGS]", skip)
         if args_at < 0:
@@ -144,7 +145,7 @@ class MistralSyntax(ToolSyntax):
                     head = head[:-n]
                     break
             if final or not (head == "" or self._name.fullmatch(head)):
-                return Outcome(None, len(buf))
+                return Outcome(None, start)
             return None
         name = buf[skip:args_at].strip()
         if "[CALL_ID]" in name:
@@ -153,7 +154,7 @@ class MistralSyntax(ToolSyntax):
         if end == INCOMPLETE:
             return Outcome(None, len(buf)) if final else None
         if end == INVALID or not self._name.fullmatch(name):
-            return Outcome(None, len(buf) if end == INVALID else end)
+            return Outcome(None, start if end == INVALID else end)
         call = call_from_json({"name": name, "arguments": buf[args_at + len("[ARGS]"):end]})
         return Outcome([call] if call else None, end)
 
@@ -230,11 +231,13 @@ class PhiSyntax(ToolSyntax):
             if end == INCOMPLETE:
                 return Outcome(None, len(buf)) if final else None
             if end == INVALID:
-                return Outcome(None, len(buf))
+                return Outcome(None, len("functools["))
             return Outcome(calls_from_json_text(buf[len("functools"):end]), end)
+        if _cannot_open(buf, "<|tool_call|>", ("[", "{")):
+            return Outcome(None, len("<|tool_call|>"))
         found = _between(buf, "<|tool_call|>", "<|/tool_call|>", final)
         if found is None:
-            return _early_reject(buf, "<|tool_call|>", ("[", "{"))
+            return None
         body, consumed = found
         return Outcome(calls_from_json_text(body.strip()), consumed)
 

@@ -161,7 +161,8 @@ def bare_json_calls(buf: str, final: bool, *, pythonic: bool = False) -> Outcome
         if end == INCOMPLETE:
             return Outcome(None, len(buf)) if final else None
         if end == INVALID:
-            return Outcome(None, len(buf)) if calls == [] else Outcome(calls, pos)
+            # malformed: only the opening is text, the rest is scanned again (same result however it is chunked)
+            return Outcome(None, 0) if not calls else Outcome(calls, pos)
         chunk = buf[pos:end]
         found = calls_from_json_text(chunk)
         if found is None and pythonic:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import mlx.core as mx
 import pytest
 from higgs.messages import ChatRequest, Reasoning, Tool, ToolChoice
 from higgs.specs import ArchitectureSpec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from higgs_mlx.agents import make_output_parser, reasoning_budget, template_options
 from higgs_mlx.agents.reasoning import ReasoningBudget, ReasoningParser, ids_open_reasoning
@@ -141,3 +144,22 @@ def test_budget_without_reasoning_block_does_nothing():
     budget = ReasoningBudget(1, [10], [11])
     out = _drive(budget, [1], lambda allowed: 7 if len(allowed) > 1 else -1, steps=6)
     assert out == [7] * 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.sampled_from(["<think>", "</think>", "<thi", "nk>", "</", "a", "b c", " ", "\n", "<", ">"]),
+                      max_size=20),
+       cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+       opened=st.booleans())
+def test_reasoning_split_does_not_depend_on_chunking(words, cuts, opened):
+    """Streaming safety: any pieces give exactly what the whole text gives."""
+    text = "".join(words)
+    bounds = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    whole = ReasoningParser(TAGS, PlainTextParser(), in_reasoning=opened)
+    streamed = ReasoningParser(TAGS, PlainTextParser(), in_reasoning=opened)
+    expected = _split(whole.feed(text) + whole.finish())
+    got: list[Segment] = []
+    for piece in pieces:
+        got += streamed.feed(piece)
+    assert _split(got + streamed.finish()) == expected

@@ -295,3 +295,20 @@ def test_parallel_calls_off_keeps_the_first_call():
             '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
     segments = _feed(ToolCallParser(get_syntax("hermes"), NAMES, max_calls=1), list(text))
     assert _calls(segments) == [("get_time", {"tz": "UTC"})] and _text(segments) == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(st.sampled_from([
+    "<tool_call>", "</tool_call>", '{"name": "get_time", "arguments": {"tz": "UTC"}}', "{", "}", "[", "]", '"',
+    "[TOOL_CALLS]", "[ARGS]", "get_time", "<|python_tag|>", ";", "```tool_code", "```", "get_time()", "\n", " ",
+    "text", "<", "functools[", "<|tool_call|>", "<|/tool_call|>"]), max_size=14),
+       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8))
+def test_tool_parsing_does_not_depend_on_chunking(words, cuts):
+    """Streaming safety: any pieces give the same calls and text as the whole output at once."""
+    text = "".join(words)
+    bounds = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    for name in SYNTAXES:
+        whole = _feed(ToolCallParser(get_syntax(name), NAMES), [text])
+        streamed = _feed(ToolCallParser(get_syntax(name), NAMES), pieces)
+        assert (_calls(streamed), _text(streamed)) == (_calls(whole), _text(whole)), (name, pieces)
