@@ -40,8 +40,8 @@ class LlavaQwen2Vision(VisionAdapter):
         side = size[0] if isinstance(size, (tuple, list)) else int(vision.get("image_size", 384))
         self._per_image = (side // int(vision.get("patch_size", 14))) ** 2
 
-    def tokens_per_image(self) -> int:
-        """729 for nanoLLaVA (a 27 x 27 patch grid)."""
+    def tokens_per_image(self, image: Image | None = None) -> int:
+        """729 for nanoLLaVA (a 27 x 27 patch grid), whatever the image's size."""
         return self._per_image
 
     def preprocess(self, images: list[Image]) -> Any:

@@ -254,3 +254,11 @@ def test_private_image_url_is_a_400_by_default(oai, claude, server):
         claude.messages.create(model="nano", max_tokens=4, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "url", "url": url}}, {"type": "text", "text": QUESTION}]}])
     assert "messages[0].content[0]" in str(err2.value)
+
+
+def test_count_tokens_includes_image_positions(oai, claude):
+    content = [_claude_image(_png(7)), {"type": "text", "text": QUESTION}]
+    counted = claude.messages.count_tokens(model="nano", messages=[{"role": "user", "content": content}])
+    reply = oai.chat.completions.create(model="nano", max_tokens=2, temperature=0, messages=[
+        {"role": "user", "content": [_oai_image(_png(7)), {"type": "text", "text": QUESTION}]}])
+    assert counted.input_tokens == reply.usage.prompt_tokens > 729

@@ -33,7 +33,8 @@ from higgs_mlx.loader import LoadedModel, ModelLoadError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["VisionAdapter", "VisionPrompt", "has_images", "load_adapter", "prepare_chat"]
+__all__ = ["VisionAdapter", "VisionPrompt", "count_tokens", "has_images", "load_adapter", "prepare_chat",
+           "splice_features"]
 
 
 class VisionAdapter:
@@ -59,8 +60,8 @@ class VisionAdapter:
         self.path = path
         self.config = config
 
-    def tokens_per_image(self) -> int:
-        """How many prompt positions one image takes once embedded."""
+    def tokens_per_image(self, image: Image | None = None) -> int:
+        """How many prompt positions ``image`` takes once embedded (None: a typical image, for counting)."""
         raise NotImplementedError
 
     def preprocess(self, images: list[Image]) -> Any:
@@ -134,13 +135,13 @@ async def prepare_chat(provider: Any, request: ChatRequest) -> tuple[LoadedModel
                 f"The conversation text contains '{adapter.marker}', which '{lm.name}' reserves for images; "
                 "remove it from the text.", param="messages", code="invalid_image")
         slots = adapter.encode_prompt(text, lm.tokenizer._tokenizer)
-        per_image = adapter.tokens_per_image()
         vocab = int(lm.config.get("vocab_size") or len(lm.tokenizer._tokenizer))
         fills = iter(images)
         ids: list[int] = []
         for token in slots:
             if token == adapter.image_token_id:
-                ids.extend(image_fill_ids(next(fills), per_image, vocab))
+                image = next(fills)
+                ids.extend(image_fill_ids(image, adapter.tokens_per_image(image), vocab))
             else:
                 ids.append(token)
         return slots, ids, adapter.preprocess(images)
@@ -151,6 +152,18 @@ async def prepare_chat(provider: Any, request: ChatRequest) -> tuple[LoadedModel
     if len(ids) != int(embeds.shape[1]):
         raise RuntimeError(f"vision adapter returned {embeds.shape[1]} embeddings for {len(ids)} positions")
     return lm, VisionPrompt(text, ids, embeds)
+
+
+def count_tokens(provider: Any, request: ChatRequest) -> int:
+    """The prompt length of an image request without fetching the images: the text's tokens plus
+    ``tokens_per_image()`` positions per image (exact for fixed-size families such as LLaVA-Qwen2)."""
+    lm, text, ids = provider._prepare_chat(request)
+    adapter: VisionAdapter | None = getattr(lm, "vision", None)
+    if adapter is None:
+        return len(ids)
+    slots = adapter.encode_prompt(text, lm.tokenizer._tokenizer)
+    images = sum(1 for token in slots if token == adapter.image_token_id)
+    return len(slots) - images + images * adapter.tokens_per_image()
 
 
 def _embed(adapter: VisionAdapter, lm: LoadedModel, slots: list[int], pixels: Any) -> Any:
