@@ -283,6 +283,8 @@ class MlxProvider(Provider):
 
     async def count_tokens(self, request: ChatRequest, call: CallContext) -> int:
         """The exact number of tokens of the rendered prompt."""
+        if vision.has_images(request):
+            return await asyncio.to_thread(vision.count_tokens, self, request)
         _, _, ids = await asyncio.to_thread(self._prepare_chat, request)
         return len(ids)
 
