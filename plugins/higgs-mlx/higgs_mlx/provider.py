@@ -81,7 +81,7 @@ class MlxProvider(Provider):
         self.name = settings.name or "higgs"
         self.ctx = ctx
         self.settings = ctx.settings
-        self.engine = Engine()
+        self.engine = Engine(**engine_options(ctx.settings.server))
         self.models: list[LoadedModel] = []
         self._by_name: dict[str, LoadedModel] = {}
         self._agents: Any = _NO_AGENTS
@@ -125,6 +125,7 @@ class MlxProvider(Provider):
         if embeddings.is_embedding_model(path):
             return embeddings.EncoderEmbedder.load(path, name=name, aliases=aliases)
         lm = load_model_dir(path, self.ctx.architectures, name=name, aliases=aliases)
+        self.engine.configure_model(lm, batch=entry.batch)
         warm_up(lm)
         return lm
 
@@ -384,6 +385,7 @@ class MlxProvider(Provider):
                 stop_seq = stop_seq or item.stop_sequence
                 usage.input_tokens += item.prompt_tokens
                 usage.output_tokens += item.output_tokens
+                usage.cached_tokens += item.cached_tokens
                 yield BlockStop(index=index)
         reason = next((r for r in reasons if r is not None), "end_turn")
         yield StreamFinish(stop_reason=reason, stop_sequence=stop_seq, usage=usage)
@@ -403,9 +405,34 @@ class MlxProvider(Provider):
                 reasons[index] = item.reason
                 usage.input_tokens += item.prompt_tokens
                 usage.output_tokens += item.output_tokens
+                usage.cached_tokens += item.cached_tokens
         return CompletionResponse(id=new_id("cmpl"), model=request.model, usage=usage,
                                   choices=[CompletionChoice(index=i, text=t, stop_reason=r)
                                            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))])
+
+
+def engine_options(server: Any) -> dict[str, Any]:
+    """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
+    ``max_batch``, ``max_queue``, ``prefill_chunk`` and ``prefix_cache_mb`` (0 turns the prefix cache off)."""
+    from higgs_mlx import engine as engine_mod
+
+    options: dict[str, Any] = {}
+    if getattr(server, "batch", None) is not None:
+        options["batch"] = bool(server.batch)
+    for key in ("max_batch", "max_queue", "prefill_chunk"):
+        value = getattr(server, key, None)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_queue" else 1):
+                raise ModelLoadError(f"[server] {key} must be a positive integer, not {value!r}")
+            options[key] = value
+    mb = getattr(server, "prefix_cache_mb", None)
+    if mb is not None:
+        if not isinstance(mb, (int, float)) or isinstance(mb, bool) or mb < 0:
+            raise ModelLoadError(f"[server] prefix_cache_mb must be a number >= 0 (MiB), not {mb!r}")
+        options["prefix_cache_bytes"] = int(mb * (1 << 20))
+    else:
+        options["prefix_cache_bytes"] = engine_mod.DEFAULT_PREFIX_CACHE_BYTES
+    return options
 
 
 def _ignore_eos(extra: dict[str, Any]) -> bool:

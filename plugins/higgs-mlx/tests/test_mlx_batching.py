@@ -1,0 +1,260 @@
+"""Continuous batching: batched output equals solo output, admission control, cancellation, state."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from higgs.errors import ApiError
+from higgs.messages import ChatRequest, Message, ResponseFormat, Sampling, TextBlock
+from mlx_support import call_context, make_provider
+
+from higgs_mlx.engine import Chunk, Done, Engine, Failed, Job
+from higgs_mlx.sampling import RequestSampler, make_processors
+
+
+def _job(lm: Any, prompt: list[int], n: int, outputs: asyncio.Queue, name: str, sampling: Sampling | None = None,
+         **kw: Any) -> Job:
+    loop = asyncio.get_running_loop()
+    sampling = sampling or Sampling(temperature=0)
+    return Job(lm=lm, prompt=prompt, max_tokens=n, sampler=RequestSampler(sampling, default_temperature=0.0),
+               processors=make_processors(sampling), top_logprobs=0, ignore_eos=True,
+               emit=lambda item: loop.call_soon_threadsafe(outputs.put_nowait, (name, item)), **kw)
+
+
+async def _run(engine: Engine, specs: list[tuple[str, list[int], int, Sampling | None, float]], lm: Any
+               ) -> dict[str, list[int]]:
+    """Submit ``(name, prompt, max_tokens, sampling, delay_in_tokens)``; tokens produced per name.
+
+    A spec with a delay joins once the first job has produced that many tokens (mid-flight)."""
+    outputs: asyncio.Queue = asyncio.Queue()
+    tokens: dict[str, list[int]] = {name: [] for name, *_ in specs}
+    later = sorted((s for s in specs if s[4] > 0), key=lambda s: s[4])
+    for name, prompt, n, sampling, delay in specs:
+        if delay == 0:
+            engine.submit(_job(lm, prompt, n, outputs, name, sampling))
+    done = 0
+    produced = 0
+    while done < len(specs):
+        name, item = await asyncio.wait_for(outputs.get(), 60)
+        if isinstance(item, Chunk) and item.logprobs:
+            tokens[name].extend(e["id"] for e in item.logprobs)
+            produced += 1
+        elif isinstance(item, Done):
+            done += 1
+        elif isinstance(item, Failed):
+            raise item.error
+        while later and produced >= later[0][4]:
+            lname, lprompt, ln, lsampling, _ = later.pop(0)
+            engine.submit(_job(lm, lprompt, ln, outputs, lname, lsampling))
+    return tokens
+
+
+@pytest.fixture
+async def batch_provider(tiny_llama: Path):
+    p = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def _ids(seed: int, n: int) -> list[int]:
+    """``n`` pseudo-random in-vocabulary token ids (the tiny models have 384 tokens)."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randrange(3, 380) for _ in range(n)]
+
+
+SPECS: list[tuple[str, list[int], int, Sampling | None, float]] = [
+    ("short", _ids(1, 3), 18, None, 0),
+    ("long", _ids(2, 100), 10, None, 0),
+    ("medium", _ids(3, 30), 24, None, 0),
+    ("seeded", _ids(4, 20), 16, Sampling(temperature=0.9, top_p=0.95, seed=7), 0),
+    ("penalty", _ids(5, 25), 16, Sampling(temperature=0, repetition_penalty=1.3, logit_bias={"65": 0.3}), 0),
+    ("late", _ids(6, 60), 12, None, 4),
+    ("later", _ids(7, 6), 8, Sampling(temperature=1.0, min_p=0.05, seed=3), 9),
+]
+
+
+async def test_batched_output_equals_solo_output(batch_provider):
+    """Mixed lengths, mixed sampling (greedy, seeded top-p, penalties + bias), jobs joining mid-flight."""
+    engine, lm = batch_provider.engine, batch_provider.model("tiny")
+    assert engine.batch
+    solo = {}
+    for spec in SPECS:
+        solo.update(await _run(engine, [(*spec[:4], 0)], lm))
+    assert engine.peak_batch == 1
+    batched = await _run(engine, SPECS, lm)
+    assert engine.peak_batch >= 5, "the jobs did not decode together"
+    for name, *_ in SPECS:
+        assert batched[name] == solo[name], name
+    assert {name: len(t) for name, t in batched.items()} == {name: n for name, _, n, *_ in SPECS}
+    state = engine.state()
+    assert state["batch_size"] == 0 and state["active_requests"] == 0 and state["kv_cache_bytes"] == 0
+
+
+async def test_batched_output_equals_the_unbatched_engine(tiny_llama: Path):
+    off = make_provider([(tiny_llama, "tiny")], batch=False, prefix_cache_mb=0)
+    await off.start()
+    try:
+        unbatched = await _run(off.engine, SPECS, off.model("tiny"))
+        assert off.engine.peak_batch == 0
+    finally:
+        await off.close()
+    on = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0)
+    await on.start()
+    try:
+        assert await _run(on.engine, SPECS, on.model("tiny")) == unbatched
+    finally:
+        await on.close()
+
+
+def _chat(text: str, **kw: Any) -> ChatRequest:
+    kw.setdefault("sampling", Sampling(temperature=0))
+    return ChatRequest(model="tiny", messages=[Message(role="user", content=[TextBlock(text=text)])], **kw)
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                          "rank": {"type": "integer"}}, "required": ["city", "rank"],
+          "additionalProperties": False}
+
+
+async def test_constraints_and_stops_inside_a_batch(batch_provider):
+    """json_schema constrained rows and stop strings beside free rows give their solo answers."""
+    import json
+
+    requests = [
+        _chat("give me json", max_tokens=40, response_format=ResponseFormat(type="json_schema", json_schema=SCHEMA)),
+        _chat("free text please", max_tokens=30),
+        _chat("another one", max_tokens=30, sampling=Sampling(temperature=0.8, seed=11)),
+        _chat("json object", max_tokens=40, response_format=ResponseFormat(type="json_object")),
+    ]
+    solo = [(await batch_provider.chat(r, call_context())).content[0].text for r in requests]
+    stop = solo[1][3:5]
+    requests.append(_chat("free text please", max_tokens=30, stop=[stop]))
+    solo.append((await batch_provider.chat(requests[-1], call_context())).content[0].text)
+    together = await asyncio.gather(*(batch_provider.chat(r, call_context()) for r in requests))
+    assert [r.content[0].text for r in together] == solo
+    assert batch_provider.engine.peak_batch >= 4
+    parsed = json.loads(solo[0])
+    assert set(parsed) == {"city", "rank"} and isinstance(parsed["rank"], int)
+    assert isinstance(json.loads(solo[3]), dict)
+    assert together[4].stop_reason == "stop_sequence" and stop not in together[4].content[0].text
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_next", "mistral"])
+async def test_other_cache_kinds_batch_correctly(tmp_path: Path, model_type: str):
+    """SSM-hybrid (ArraysCache) and sliding-window (RotatingKVCache) caches batch too."""
+    from higgs.specs import ArchitectureSpec
+    from mlx_support import ARCHES
+
+    from higgs_mlx.testing import build_tiny_model
+
+    extra = {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]} \
+        if model_type == "mistral" else {}
+    path = build_tiny_model(model_type, tmp_path / model_type, seed=5, **extra)
+    module = {"qwen3_next": "mlx_lm.models.qwen3_next", "mistral": "mlx_lm.models.llama"}[model_type]
+    ARCHES[model_type] = ArchitectureSpec(name=model_type, model_types=(model_type,), module=module)
+    try:
+        p = make_provider([(path, "tiny")])
+        await p.start()
+        try:
+            lm = p.model("tiny")
+            specs = [s for s in SPECS if s[0] in ("short", "medium", "late", "penalty")]
+            solo = {}
+            for spec in specs:
+                solo.update(await _run(p.engine, [(*spec[:4], 0)], lm))
+            assert await _run(p.engine, specs, lm) == solo
+            assert p.engine.peak_batch >= 3
+            assert id(lm) in p.engine.prefix.refused(), "the prefix cache must be off for this cache kind"
+        finally:
+            await p.close()
+    finally:
+        ARCHES.pop(model_type, None)
+
+
+async def test_full_queue_is_a_503_with_retry_after(tiny_llama: Path):
+    p = make_provider([(tiny_llama, "tiny")], max_batch=1, max_queue=1)
+    await p.start()
+    try:
+        lm = p.model("tiny")
+        outputs: asyncio.Queue = asyncio.Queue()
+        jobs = [_job(lm, _ids(8, 3), 200, outputs, f"j{i}") for i in range(3)]
+        for job in jobs:
+            p.engine.submit(job)
+        name, item = await asyncio.wait_for(outputs.get(), 30)
+        while not isinstance(item, Failed):
+            name, item = await asyncio.wait_for(outputs.get(), 30)
+        assert name == "j2"
+        assert isinstance(item.error, ApiError) and item.error.status == 503
+        assert item.error.info.retry_after and item.error.info.retry_after >= 1
+        assert p.engine.state()["rejected_requests"] == 1
+        for job in jobs:
+            job.cancel()
+        with pytest.raises(ApiError) as err:  # through the provider: the same 503
+            blockers = [_job(lm, _ids(8, 3), 200, outputs, f"b{i}") for i in range(2)]
+            for job in blockers:
+                p.engine.submit(job)
+            try:
+                await p.chat(_chat("hi", max_tokens=3), call_context())
+            finally:
+                for job in blockers:
+                    job.cancel()
+        assert err.value.status == 503 and err.value.info.kind == "overloaded"
+    finally:
+        await p.close()
+
+
+async def test_queued_and_running_jobs_are_cancelled(tiny_llama: Path):
+    p = make_provider([(tiny_llama, "tiny")], max_batch=1, max_queue=4)
+    await p.start()
+    try:
+        lm = p.model("tiny")
+        outputs: asyncio.Queue = asyncio.Queue()
+        running = _job(lm, _ids(9, 3), 10_000, outputs, "running")
+        queued = _job(lm, _ids(10, 3), 10_000, outputs, "queued")
+        p.engine.submit(running)
+        await asyncio.wait_for(outputs.get(), 30)  # running is decoding
+        p.engine.submit(queued)
+        await asyncio.sleep(0.2)
+        assert p.engine.state()["queue_depth"] == 1
+        queued.cancel()
+        running.cancel()
+        for _ in range(100):
+            state = p.engine.state()
+            if state["active_requests"] == 0 and state["queue_depth"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert state["active_requests"] == 0 and state["queue_depth"] == 0 and state["batch_size"] == 0
+        assert not any(name == "queued" for name, _ in _drain(outputs)), "a cancelled queued job started"
+        reply = await p.chat(_chat("still alive", max_tokens=4), call_context())  # the engine goes on
+        assert reply.usage.output_tokens == 4
+    finally:
+        await p.close()
+
+
+def _drain(q: asyncio.Queue) -> list[Any]:
+    items = []
+    while not q.empty():
+        items.append(q.get_nowait())
+    return items
+
+
+def test_engine_options_from_server_settings():
+    from higgs.config import ServerSettings
+
+    from higgs_mlx.loader import ModelLoadError
+    from higgs_mlx.provider import engine_options
+
+    server = ServerSettings(batch=False, max_batch=4, max_queue=0, prefix_cache_mb=1.5)
+    assert engine_options(server) == {"batch": False, "max_batch": 4, "max_queue": 0,
+                                      "prefix_cache_bytes": int(1.5 * 2**20)}
+    with pytest.raises(ModelLoadError, match="max_batch"):
+        engine_options(ServerSettings(max_batch="many"))
+    with pytest.raises(ModelLoadError, match="prefix_cache_mb"):
+        engine_options(ServerSettings(prefix_cache_mb=-1))
