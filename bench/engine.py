@@ -2,9 +2,9 @@
 """Single-stream decode and prefill: higgs's local engine vs mlx-lm's own ``generate_step``.
 
 Both run in this process on the same synthetic model (``bench/make_model.py``: random weights, a real
-model's exact shapes and quantization), the same random prompt and greedy decoding that ignores EOS, so
-every run generates exactly ``--gen`` tokens. Runs alternate (mlx-lm, higgs, mlx-lm, ...) after a warm-up,
-and the table shows the median and the spread (min..max) of each.
+model's exact shapes and quantization), the same random prompts (a fresh one per repeat, so no prefix
+cache helps) and greedy decoding that ignores EOS, so every run generates exactly ``--gen`` tokens. Runs
+alternate (mlx-lm, higgs, mlx-lm, ...) after a warm-up; the table shows the median and the spread (min..max).
 
 higgs is measured as a server sees it: a ``Job`` goes to the engine thread, tokens come back to an asyncio
 loop through ``loop.call_soon_threadsafe`` (detokenization and stop matching included).
@@ -12,6 +12,11 @@ loop through ``loop.call_soon_threadsafe`` (detokenization and stop matching inc
     python bench/engine.py                                  # CPU: tiny preset, float32
     python bench/engine.py --preset llama-3.2-1b-instruct   # GPU (CUDA/Metal): bfloat16 by default
     python bench/engine.py --prompt 512 --gen 128 --repeats 7
+    python bench/engine.py --http          # also: `higgs serve` vs `mlx_lm server` over HTTP, streaming
+
+With ``--http`` both servers are started in turn on loopback ports with the same model directory and driven
+with the same streaming chat requests (temperature 0, ``ignore_eos``); TTFT and decode tok/s are measured at
+the client, tokens counted from ``usage``.
 """
 
 from __future__ import annotations
@@ -90,6 +95,80 @@ async def run_higgs(engine, lm, prompt: list[int], gen: int) -> tuple[float, flo
             return (first or end) - start, end - (first or end), item.output_tokens
 
 
+def random_words(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    return " ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(n))
+
+
+async def http_stream(session, url: str, model: str, text: str, gen: int) -> tuple[float, float, int]:
+    """One streaming chat request: (TTFT s, decode s after the first content chunk, completion tokens)."""
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": gen,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    async with session.post(url + "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"].get("completion_tokens", tokens)
+            if first is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return (first or end) - start, end - (first or end), tokens
+
+
+async def bench_http(model_dir: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Start each server in turn, warm it up, and time ``--repeats`` identical streaming requests."""
+    import subprocess
+
+    import aiohttp
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+    servers = {
+        "mlx_lm server": [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)],
+        "higgs serve": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir)],
+    }
+    prompts = [random_words(args.prompt * 2 // 3, args.seed + i) for i in range(args.repeats)]
+    results: dict[str, dict[str, list[float]]] = {}
+    for offset, (name, command) in enumerate(servers.items()):
+        port = args.port + offset
+        process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        numbers: dict[str, list[float]] = {"ttft": [], "decode": []}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+                for _ in range(600):
+                    try:
+                        async with session.get(url + "/v1/models") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if process.poll() is not None:
+                        raise SystemExit(f"{name} exited with {process.returncode}")
+                    await asyncio.sleep(0.5)
+                await http_stream(session, url, str(model_dir), random_words(16, 99), min(args.gen, 16))
+                for text in prompts:
+                    ttft, decode_s, n = await http_stream(session, url, str(model_dir), text, args.gen)
+                    numbers["ttft"].append(ttft)
+                    numbers["decode"].append((n - 1) / decode_s if decode_s > 0 and n > 1 else 0.0)
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        results[name] = numbers
+    return results
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):9.1f}  ({min(values):.1f}..{max(values):.1f})"
 
@@ -114,15 +193,20 @@ async def main_async(args: argparse.Namespace) -> int:
     lm = await asyncio.wrap_future(engine.call(
         lambda: load_model_dir(model_dir, {arch.model_types[0]: arch}, name="bench")))
     lm = dataclasses.replace(lm, eos_ids=set())  # generate exactly --gen tokens, like ignore_eos
-    prompt = random_prompt(config["vocab_size"], args.prompt, args.seed)
+    # A fresh prompt per run (the pair of runs in one repeat shares it): higgs's prefix cache must not turn
+    # a repeated prompt into a cache hit and the prefill measurement into a lookup.
+    prompts = [random_prompt(config["vocab_size"], args.prompt, args.seed + 1000 + i) for i in range(args.repeats)]
+    prompt = prompts[0]
 
-    for _ in range(args.warmup):
-        run_mlx_lm(ref_model, prompt, min(args.gen, 16))
-        await run_higgs(engine, lm, prompt, min(args.gen, 16))
+    for w in range(args.warmup):
+        warm = random_prompt(config["vocab_size"], args.prompt, args.seed + w)
+        run_mlx_lm(ref_model, warm, min(args.gen, 16))
+        await run_higgs(engine, lm, list(reversed(warm)), min(args.gen, 16))
 
     results: dict[str, dict[str, list[float]]] = {"mlx-lm generate_step": {"prefill": [], "decode": []},
                                                   "higgs engine": {"prefill": [], "decode": []}}
     for rep in range(args.repeats):
+        prompt = prompts[rep]
         for name in (("mlx-lm generate_step", "higgs engine") if rep % 2 == 0
                      else ("higgs engine", "mlx-lm generate_step")):
             if name == "higgs engine":
@@ -150,6 +234,16 @@ async def main_async(args: argparse.Namespace) -> int:
     prefill_ratio = statistics.median(ours["prefill"]) / statistics.median(base["prefill"])
     decode_ratio = statistics.median(ours["decode"]) / statistics.median(base["decode"])
     print(f"\nhiggs / mlx-lm: prefill {prefill_ratio:.3f}x, decode {decode_ratio:.3f}x (target decode >= 0.97x)")
+    if args.http:
+        http = await bench_http(model_dir, args)
+        print(f"\nover HTTP (streaming chat, ~{args.prompt}-token prompts, {args.gen} tokens, {args.repeats} requests "
+              "each, one server at a time), median (min..max)\n")
+        print(f"{'':22s}  {'TTFT ms':>24s}  {'decode tok/s':>24s}")
+        for name, numbers in http.items():
+            print(f"{name:22s}  {spread([t * 1000 for t in numbers['ttft']]):>24s}  {spread(numbers['decode']):>24s}")
+        ours, base = http["higgs serve"], http["mlx_lm server"]
+        ratio = statistics.median(ours["decode"]) / max(statistics.median(base["decode"]), 1e-9)
+        print(f"\nhiggs serve / mlx_lm server: decode {ratio:.3f}x")
     return 0
 
 
@@ -165,6 +259,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--http", action="store_true", help="also compare `higgs serve` with `mlx_lm server` over HTTP")
+    ap.add_argument("--port", type=int, default=8731, help="first loopback port for --http servers")
     xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     ap.add_argument("--cache", type=Path, default=xdg / "higgs" / "bench-models",
                     help="where synthetic models are kept (default: $XDG_CACHE_HOME/higgs/bench-models)")
