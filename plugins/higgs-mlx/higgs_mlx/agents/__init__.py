@@ -167,11 +167,39 @@ _SYNTAX_TOKENS = (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|py
                   ("<｜tool▁calls▁begin｜>", "deepseek"), ("<|tool_call|>", "phi"), ("<|tool_call>", "gemma"))  # noqa: RUF001
 
 
+#: What a chat template writes for an assistant tool call names the syntax the model was trained to emit,
+#: checked in this order (a DeepSeek-R1 distill has a Qwen vocabulary but DeepSeek's template).
+_TEMPLATE_MARKERS = (("tool▁calls▁begin", "deepseek"), ("[TOOL_CALLS]", "mistral"),
+                     ("<|tool_call>", "gemma"), ("<|tool_call|>", "phi"), ("functools[", "phi"),
+                     ("<tool_call>", "hermes"), ("<|python_tag|>", "llama3_json"))
+
+
+def template_syntax(template: Any) -> str | None:
+    """The tool syntax a chat template renders calls in, or None when it shows none."""
+    if isinstance(template, dict):  # {"default": ..., "tool_use": ...}
+        template = " ".join(str(t) for t in template.values())
+    if not isinstance(template, str):
+        return None
+    return next((name for marker, name in _TEMPLATE_MARKERS if marker in template), None)
+
+
 def family_of(arch: ArchitectureSpec | None, tokenizer: Any) -> tuple[tuple[str, str] | None, str | None]:
-    """``(reasoning_tags, tool_parser)`` from the architecture spec, else guessed from the vocabulary."""
-    if arch is not None:
-        return arch.reasoning_tags, arch.tool_parser
+    """``(reasoning_tags, tool_parser)``: from the architecture spec, except that the tool syntax the
+    model's own chat template renders wins (fine-tunes such as Hermes-3-Llama or the DeepSeek-R1 distills
+    speak another family's syntax); without a spec, both are guessed from the template and vocabulary."""
     hf = hf_tokenizer(tokenizer)
+    rendered = template_syntax(getattr(hf, "chat_template", None)) if hf is not None else None
+    if arch is not None:
+        if rendered is None:
+            rendered = template_syntax(arch.chat_template)
+        return arch.reasoning_tags, rendered or arch.tool_parser
+    if rendered is not None:
+        tags, _ = _guess_from_vocab(hf)
+        return tags, rendered
+    return _guess_from_vocab(hf)
+
+
+def _guess_from_vocab(hf: Any) -> tuple[tuple[str, str] | None, str | None]:
     try:
         return _guessed[hf]
     except (KeyError, TypeError):

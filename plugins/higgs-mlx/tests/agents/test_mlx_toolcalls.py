@@ -312,3 +312,16 @@ def test_tool_parsing_does_not_depend_on_chunking(words, cuts):
         whole = _feed(ToolCallParser(get_syntax(name), NAMES), [text])
         streamed = _feed(ToolCallParser(get_syntax(name), NAMES), pieces)
         assert (_calls(streamed), _text(streamed)) == (_calls(whole), _text(whole)), (name, pieces)
+
+
+@pytest.mark.parametrize(("template_file", "parser", "end", "kwargs"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_the_template_names_the_syntax(template_file, parser, end, kwargs):
+    """The syntax a template renders calls in wins over the architecture's default (fine-tunes differ)."""
+    from higgs.specs import ArchitectureSpec
+
+    from higgs_mlx.agents import family_of, template_syntax
+
+    template = (TEMPLATES / template_file).read_text()
+    assert template_syntax(template) == parser
+    other = ArchitectureSpec(name="x", model_types=("x",), module="m", tool_parser="phi", chat_template=template)
+    assert family_of(other, None) == (None, parser)
