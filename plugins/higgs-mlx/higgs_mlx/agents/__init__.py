@@ -183,16 +183,26 @@ def template_syntax(template: Any) -> str | None:
     return next((name for marker, name in _TEMPLATE_MARKERS if marker in template), None)
 
 
+def _template_tags(template: Any) -> tuple[str, str] | None:
+    """``<think>`` tags when the chat template handles them (a reasoning fine-tune of a plain family)."""
+    text = " ".join(str(t) for t in template.values()) if isinstance(template, dict) else template
+    if isinstance(text, str) and "<think>" in text and "</think>" in text:
+        return ("<think>", "</think>")
+    return None
+
+
 def family_of(arch: ArchitectureSpec | None, tokenizer: Any) -> tuple[tuple[str, str] | None, str | None]:
     """``(reasoning_tags, tool_parser)``: from the architecture spec, except that the tool syntax the
     model's own chat template renders wins (fine-tunes such as Hermes-3-Llama or the DeepSeek-R1 distills
     speak another family's syntax); without a spec, both are guessed from the template and vocabulary."""
     hf = hf_tokenizer(tokenizer)
-    rendered = template_syntax(getattr(hf, "chat_template", None)) if hf is not None else None
+    template = getattr(hf, "chat_template", None) if hf is not None else None
+    rendered = template_syntax(template)
     if arch is not None:
         if rendered is None:
             rendered = template_syntax(arch.chat_template)
-        return arch.reasoning_tags, rendered or arch.tool_parser
+        tags = arch.reasoning_tags or _template_tags(template)
+        return tags, rendered or arch.tool_parser
     if rendered is not None:
         tags, _ = _guess_from_vocab(hf)
         return tags, rendered
