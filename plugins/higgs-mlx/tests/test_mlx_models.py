@@ -207,3 +207,32 @@ async def test_ignore_eos_request_extension(tiny_llama_raw):
         assert (await provider.complete(request, call_context())).usage.output_tokens == 40
     finally:
         await provider.close()
+
+
+async def test_architecture_knowledge_extra_stops_and_template_fallback(tiny_llama_no_template):
+    """The architecture plugin's extra stop tokens end generation; its chat template serves template-less models."""
+    from higgs.config import HiggsSettings, ModelSettings, ProviderSettings
+    from higgs.interfaces import ProviderContext
+    from higgs.messages import ChatRequest, Message, Sampling, TextBlock
+    from higgs.specs import ArchitectureSpec
+    from mlx_support import call_context
+
+    from higgs_mlx.provider import MlxProvider
+    from higgs_mlx.testing import CHATML_TEMPLATE
+
+    spec = ArchitectureSpec(name="llama", model_types=("llama",), module="mlx_lm.models.llama",
+                            extra_stop_tokens=("<|eot_id|>", "<|end|>", "not-a-token"), chat_template=CHATML_TEMPLATE)
+    lm = load_model_dir(tiny_llama_no_template, {"llama": spec}, name="x")
+    ids = lm.tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|end|>", "<|im_end|>"])
+    assert set(ids) <= lm.eos_ids
+    settings = HiggsSettings(models=[ModelSettings(path=str(tiny_llama_no_template), name="fallback")])
+    provider = MlxProvider(ProviderSettings(name="higgs"), ProviderContext(settings=settings, formats={},
+                                                                         architectures={"llama": spec}))
+    await provider.start()
+    try:
+        request = ChatRequest(model="fallback", max_tokens=6, sampling=Sampling(temperature=0),
+                              messages=[Message(role="user", content=[TextBlock(text="hi")])])
+        response = await provider.chat(request, call_context())
+        assert response.usage.input_tokens > 3 and response.content
+    finally:
+        await provider.close()
