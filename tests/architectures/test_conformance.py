@@ -200,6 +200,11 @@ def ask_anthropic(claude: anthropic.Anthropic, name: str, *, stream: bool, **ext
     return text, message.usage, str(message.stop_reason)
 
 
+def anthropic_prompt_tokens(usage: Any) -> int:
+    """The whole prompt of an Anthropic usage: it counts prefix-cache reads apart from ``input_tokens``."""
+    return int(usage.input_tokens + (usage.cache_read_input_tokens or 0))
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_openai_answers_like_mlx_lm(model_dirs, oai, model_type, stream):
@@ -216,7 +221,7 @@ def test_anthropic_answers_like_mlx_lm(model_dirs, claude, model_type, stream):
     reference = expected(model_dirs, model_type)
     text, usage, stop = ask_anthropic(claude, model_type, stream=stream)
     assert text == reference.text
-    assert (usage.input_tokens, usage.output_tokens) == (len(reference.prompt_tokens), MAX_TOKENS)
+    assert (anthropic_prompt_tokens(usage), usage.output_tokens) == (len(reference.prompt_tokens), MAX_TOKENS)
     assert stop == "max_tokens"
 
 
@@ -265,7 +270,7 @@ def test_the_fallback_template_renders_when_the_tokenizer_has_none(model_dirs, o
     text, usage, _ = ask_openai(oai, name, stream=True)
     assert text == reference.text and usage.prompt_tokens == len(reference.prompt_tokens)
     text, usage, _ = ask_anthropic(claude, name, stream=False)
-    assert text == reference.text and usage.input_tokens == len(reference.prompt_tokens)
+    assert text == reference.text and anthropic_prompt_tokens(usage) == len(reference.prompt_tokens)
 
 
 @pytest.mark.parametrize("model_type", [t for t in MODEL_TYPES if spec_of(t).thinking_toggle])
@@ -276,7 +281,7 @@ def test_disabling_reasoning_reaches_the_template(model_dirs, oai, claude, model
     text, usage, _ = ask_openai(oai, name, stream=False, reasoning_effort="none")
     assert text == reference.text and usage.prompt_tokens == len(reference.prompt_tokens)
     text, usage, _ = ask_anthropic(claude, name, stream=True, thinking={"type": "disabled"})
-    assert text == reference.text and usage.input_tokens == len(reference.prompt_tokens)
+    assert text == reference.text and anthropic_prompt_tokens(usage) == len(reference.prompt_tokens)
 
 
 def test_models_are_listed_with_their_names(oai, model_dirs):
