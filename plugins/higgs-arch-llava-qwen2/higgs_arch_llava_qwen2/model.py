@@ -18,7 +18,8 @@ import copy
 from typing import Any
 
 import mlx.core as mx
-from mlx_vlm.models import llava_bunny
+from mlx_vlm.models.llava_bunny import config as _config
+from mlx_vlm.models.llava_bunny import llava_bunny as _llava
 
 __all__ = ["Model", "ModelArgs"]
 
@@ -27,36 +28,44 @@ class ModelArgs:
     """Builds mlx-vlm's ``ModelConfig`` (with typed text and vision configs) from ``config.json``."""
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> llava_bunny.ModelConfig:
+    def from_dict(cls, params: dict[str, Any]) -> _config.ModelConfig:
         """The config object ``llava_bunny.Model`` takes, built the way mlx-vlm's loader builds it."""
         params = copy.deepcopy(params)
         params.setdefault("vision_config", {})
-        config = llava_bunny.ModelConfig.from_dict(params)
-        config.text_config = llava_bunny.TextConfig.from_dict(config.text_config)
-        config.vision_config = llava_bunny.VisionConfig.from_dict(config.vision_config)
+        build: Any = _config.ModelConfig.from_dict
+        config: _config.ModelConfig = build(params)
+        text: Any = _config.TextConfig.from_dict
+        vision: Any = _config.VisionConfig.from_dict
+        config.text_config = text(config.text_config)
+        config.vision_config = vision(config.vision_config)
         return config
 
 
-class Model(llava_bunny.Model):  # type: ignore[misc]
+class Model(_llava.Model):
     """mlx-vlm's LLaVA-Qwen2 model with mlx-lm's calling convention."""
 
-    def __call__(self, inputs: mx.array, cache: Any = None, input_embeddings: mx.array | None = None,
-                 **kwargs: Any) -> mx.array:
+    def __call__(  # type: ignore[override]  # mlx-lm's calling convention, on purpose
+        self, inputs: mx.array, cache: Any = None, input_embeddings: mx.array | None = None, **kwargs: Any
+    ) -> mx.array:
         """Logits for ``inputs`` (or for ``input_embeddings``, which replace the token embeddings)."""
-        return self.language_model(inputs, inputs_embeds=input_embeddings, cache=cache).logits
+        logits: mx.array = self.language_model(inputs, inputs_embeds=input_embeddings, cache=cache).logits
+        return logits
 
     def encode_images(self, pixel_values: mx.array) -> mx.array:
         """Projected image features ``(n_images, patches, hidden)`` for channel-first pixel values."""
         *_, hidden_states = self.vision_tower(pixel_values.transpose(0, 2, 3, 1), output_hidden_states=True)
         features = hidden_states[-1].astype(pixel_values.dtype)
-        return self.mm_projector(features)
+        projected: mx.array = self.mm_projector(features)
+        return projected
 
     def embed_tokens(self, ids: mx.array) -> mx.array:
         """Token embeddings of ``ids`` (batch first)."""
-        return self.language_model.model.embed_tokens(ids)
+        embedded: mx.array = self.language_model.model.embed_tokens(ids)
+        return embedded
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """HF / mlx-community names -> this model's, as mlx-vlm's loader does."""
-        weights = super().sanitize(weights)
-        weights = self.vision_tower.vision_tower.sanitize(weights)
-        return dict(self.language_model.sanitize(weights))
+        steps: list[Any] = [super().sanitize, self.vision_tower.vision_tower.sanitize, self.language_model.sanitize]
+        for step in steps:
+            weights = step(weights)
+        return dict(weights)

@@ -93,7 +93,8 @@ def build_llava_qwen2(
     import mlx.core as mx
     from higgs_mlx.testing import _EOS, _PAD, _Vocabulary
     from mlx.utils import tree_flatten, tree_map_with_path
-    from mlx_vlm.models import llava_bunny
+    from mlx_vlm.models.llava_bunny import config as vlm_config
+    from mlx_vlm.models.llava_bunny import llava_bunny
 
     config = llava_qwen2_config(size, **config_overrides)
     vocab_size = int(config["vocab_size"])
@@ -103,9 +104,10 @@ def build_llava_qwen2(
     config["pad_token_id"] = tokens.ids[_PAD]
 
     mx.random.seed(seed)
-    model_config = llava_bunny.ModelConfig.from_dict(copy.deepcopy(config))
-    model_config.text_config = llava_bunny.TextConfig.from_dict(model_config.text_config)
-    model_config.vision_config = llava_bunny.VisionConfig.from_dict(model_config.vision_config)
+    configs: Any = vlm_config
+    model_config = configs.ModelConfig.from_dict(copy.deepcopy(config))
+    model_config.text_config = configs.TextConfig.from_dict(model_config.text_config)
+    model_config.vision_config = configs.VisionConfig.from_dict(model_config.vision_config)
     model: Any = llava_bunny.Model(model_config)
     target = getattr(mx, dtype)
 

@@ -30,7 +30,7 @@ class LlavaQwen2Vision(VisionAdapter):
     marker = "<image>"
 
     def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        from mlx_vlm.models.llava_bunny import ImageProcessor
+        from mlx_vlm.models.llava_bunny.llava_bunny import ImageProcessor
 
         super().__init__(path, config)
         self.processor = ImageProcessor()
@@ -46,9 +46,11 @@ class LlavaQwen2Vision(VisionAdapter):
 
     def preprocess(self, images: list[Image]) -> Any:
         """``(n, 3, 384, 384)`` float32 pixel values."""
-        return np.stack(self.processor.preprocess(images))
+        preprocess: Any = self.processor.preprocess
+        return np.stack(preprocess(images))
 
     def embed(self, model: Any, ids: list[int], pixels: Any) -> mx.array:
         """Token embeddings with each image slot replaced by that image's projected features."""
         features = model.encode_images(mx.array(pixels))
-        return splice_features(model.embed_tokens, ids, features, self.image_token_id)
+        embeds: mx.array = splice_features(model.embed_tokens, ids, features, self.image_token_id)
+        return embeds

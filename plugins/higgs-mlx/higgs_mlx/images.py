@@ -118,8 +118,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image:
                 raise ValueError(f"{width}x{height} pixels is more than the {max_pixels} allowed")
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return image.convert("RGB")
+            upright = ImageOps.exif_transpose(image) or image
+            return upright.convert("RGB")
     except UnidentifiedImageError as err:
         raise ValueError("the data is not a PNG, JPEG, WebP or GIF image") from err
     except (PILImage.DecompressionBombWarning, PILImage.DecompressionBombError) as err:
