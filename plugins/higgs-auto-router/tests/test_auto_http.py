@@ -47,18 +47,19 @@ class Steer:
         return logits + mx.array(row, dtype=logits.dtype)
 
 
-class Slow:
-    """A logits processor that makes every decode step take ``seconds`` on the engine thread."""
+class Gate:
+    """A logits processor that holds the engine thread on its first call until released: the generation is
+    provably running when the timeout fires."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
         self.calls = 0
-        self.lock = threading.Lock()
 
     def __call__(self, tokens, logits):
-        with self.lock:
-            self.calls += 1
-        time.sleep(self.seconds)
+        self.calls += 1
+        self.entered.set()
+        self.release.wait(30)
         return logits
 
 
@@ -213,20 +214,24 @@ def test_other_falls_through_to_the_normal_order(env, auto, oai):
 
 
 def test_timeout_falls_back_and_stops_the_generation(env, auto, oai):
-    slow = Slow(0.15)
-    auto.classifier().extra_processors[:] = [slow]
-    auto.timeout = 0.4
+    gate = Gate()
+    auto.classifier().extra_processors[:] = [gate]
+    auto.timeout = 2.0  # the default timeout_ms
     started = time.perf_counter()
-    headers, _ = _ask(oai, "a question the classifier is too slow for")
-    elapsed = time.perf_counter() - started
-    assert headers["x-higgs-route"] == "pattern:fallback"
-    assert elapsed < 2.0
-    assert slow.calls >= 1  # the generation was running when the timeout hit
-    assert wait_idle(env["engine"])
-    calls = slow.calls
-    time.sleep(0.5)
-    assert slow.calls == calls  # nothing runs the cancelled job any more
-    assert auto.cache.lookup(["x"]) is None and len(auto.cache) == 0  # a timeout is not remembered
+    try:
+        headers, reply = _ask(oai, "a question the classifier is too slow for")
+        elapsed = time.perf_counter() - started
+        assert gate.entered.is_set()  # the classification was generating when the timeout hit
+        assert env["engine"].state()["active_requests"] == 1  # ... and is still held on the engine thread
+    finally:
+        gate.release.set()
+    assert headers["x-higgs-route"] == "pattern:fallback" and reply.choices[0].message.content == "answer from fallback"
+    assert 2.0 <= elapsed < 6.0
+    assert wait_idle(env["engine"])  # the cancelled job is dropped at the engine's next step
+    calls = gate.calls
+    time.sleep(0.3)
+    assert gate.calls == calls == 1  # nothing runs the cancelled job any more
+    assert len(auto.cache) == 0  # a timeout is not remembered
 
 
 def test_decisions_are_cached_by_conversation_prefix(env, auto, oai, monkeypatch):
