@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import aiohttp
+import anthropic
 import openai
 import pytest
 from higgs.messages import ChatRequest, Message, Sampling, TextBlock
@@ -105,7 +105,8 @@ def _fake_cache(tokens: list[int], layers: int = 2) -> list[Any]:
     for layer in range(layers):
         c = KVCache()
         data = mx.array(tokens, dtype=mx.float32).reshape(1, 1, -1, 1) + layer * 1000
-        c.update_and_fetch(mx.broadcast_to(data, (1, 2, len(tokens), 4)), mx.broadcast_to(-data, (1, 2, len(tokens), 4)))
+        shape = (1, 2, len(tokens), 4)
+        c.update_and_fetch(mx.broadcast_to(data, shape), mx.broadcast_to(-data, shape))
         out.append(c)
     return out
 
@@ -123,7 +124,7 @@ def test_radix_tree_splits_and_concatenates():
     tree.insert(1, b, _fake_cache(b))  # splits a's edge after 20 tokens
     assert tree.state()["prefix_cache_nodes"] == 3
 
-    hit = tree.lookup(1, b[:25] + [7, 7, 7])
+    hit = tree.lookup(1, [*b[:25], 7, 7, 7])
     assert hit.tokens == 25 and _positions(hit.cache) == b[:25]
     assert hit.cache[1].keys[0, 0, :, 0].tolist() == [float(t + 1000) for t in b[:25]]
     assert hit.cache[0].values[0, 1, :, 2].tolist() == [-float(t) for t in b[:25]]
