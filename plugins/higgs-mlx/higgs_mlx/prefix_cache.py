@@ -127,7 +127,7 @@ class PrefixCache:
         for layer in range(layers):
             keys = [b.kv[layer][0][..., :n, :] for b, n in blocks]
             values = [b.kv[layer][1][..., :n, :] for b, n in blocks]
-            c = KVCache()
+            c = KVCache()  # type: ignore[no-untyped-call]
             c.keys = keys[0] if len(keys) == 1 else mx.concatenate(keys, axis=2)
             c.values = values[0] if len(values) == 1 else mx.concatenate(values, axis=2)
             c.offset = matched
