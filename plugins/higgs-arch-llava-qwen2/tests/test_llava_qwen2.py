@@ -124,6 +124,14 @@ def test_registration_is_cheap():
     assert SPEC.model_types == ("llava-qwen2",) and SPEC.vision and SPEC.vision.endswith(":LlavaQwen2Vision")
 
 
+def test_entry_point_registers_the_family():
+    from importlib.metadata import entry_points
+
+    plugin = {ep.name: ep for ep in entry_points(group="higgs")}["arch-llava-qwen2"].load()
+    assert plugin is higgs_arch_llava_qwen2
+    assert [spec.model_types for spec in plugin.higgs_architectures()] == [("llava-qwen2",)]
+
+
 def test_openai_image_matches_mlx_vlm(oai, reference):
     messages = [{"role": "user", "content": [_oai_image(_png(7)), {"type": "text", "text": QUESTION}]}]
     reply = oai.chat.completions.create(model="nano", messages=messages, max_tokens=MAX_TOKENS, temperature=0)
