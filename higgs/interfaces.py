@@ -5,6 +5,7 @@ pluggy assembles these at startup; per-request work calls their methods directly
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -22,6 +23,7 @@ from higgs.messages import (
     ErrorInfo,
     ModelInfo,
     StreamEvent,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -127,6 +129,28 @@ class RawResponse:
     headers: list[tuple[str, str]]
     body: AsyncIterator[bytes]
     close: Callable[[], Awaitable[None]] | None = None
+    #: Seconds after which ``body`` ends by itself (with the format's error bytes) when the upstream sends
+    #: nothing, e.g. a read timeout on the upstream connection. When set, the kernel skips its own per-chunk
+    #: idle watchdog (``server.timeout``), which costs a timer per chunk.
+    read_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class UsageScan:
+    """How to read token usage from a passed-through response without parsing all of it.
+
+    The kernel looks for ``marker`` in the bytes as they pass; only the lines (SSE ``data:`` lines or NDJSON
+    lines) that contain it are decoded as JSON and handed to ``read``, in order. A non-streamed JSON body is
+    decoded whole and handed to ``read`` once.
+
+    Attributes:
+        marker: bytes that occur only in the events that carry usage, e.g. ``b'"prompt_tokens"'``.
+        read: ``read(event, usage_so_far)`` -> the usage after this event (return ``usage_so_far`` unchanged
+            when the event carries none).
+    """
+
+    marker: bytes
+    read: Callable[[dict[str, Any], Usage], Usage]
 
 
 @dataclass
@@ -357,6 +381,23 @@ class WireFormat(ABC):
     @abstractmethod
     def parse_upstream_error(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> ErrorInfo:
         """Turn an upstream error response of this format into an ``ErrorInfo`` (``retry-after`` from headers)."""
+
+    def usage_scan(self, operation: Operation) -> UsageScan | None:
+        """How the kernel reads usage from passed-through ``operation`` responses of this format.
+
+        None (the default) makes the kernel keep a copy of the response (up to 4 MiB) and parse it with
+        ``parse_upstream_*`` after the last byte went out, which is correct but costs CPU per request.
+        """
+        return None
+
+    def stream_error_bytes(self, error: ErrorInfo) -> bytes:
+        """Bytes that end a passed-through stream of this format when the upstream fails mid-way.
+
+        The default is an SSE ``data:`` event carrying ``render_error``'s body, which OpenAI-style clients
+        raise as an API error; formats with named events or other framing (NDJSON) override it.
+        """
+        _, body = self.render_error(error)
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """Headers that carry ``api_key`` to an upstream of this format."""

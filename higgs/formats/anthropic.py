@@ -22,8 +22,8 @@ from higgs.formats._common import (
     retry_after,
 )
 from higgs.hookspecs import hookimpl
-from higgs.interfaces import FormatRoute, UpstreamCall, WireFormat
-from higgs.messages import ChatRequest, ChatResponse, ErrorInfo, ModelInfo, StreamEvent
+from higgs.interfaces import FormatRoute, Operation, UpstreamCall, UsageScan, WireFormat
+from higgs.messages import ChatRequest, ChatResponse, ErrorInfo, ModelInfo, StreamEvent, Usage
 from higgs.specs import FormatSpec
 
 NAME = "anthropic"
@@ -127,6 +127,16 @@ class AnthropicFormat(WireFormat):
         status = error.status if error.status >= 400 else default_status
         return status, {"type": "error", "error": {"type": kind, "message": error.message}}
 
+    def stream_error_bytes(self, error: ErrorInfo) -> bytes:
+        """An ``event: error`` SSE event (the SDKs raise it as an API error)."""
+        _, body = self.render_error(error)
+        return b"event: error\ndata: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    def usage_scan(self, operation: Operation) -> UsageScan:
+        """Usage sits in ``message_start`` (input, cache) and ``message_delta`` (output) events, or in a body;
+        a ``count_tokens`` answer is its ``input_tokens``."""
+        return _COUNT_SCAN if operation == "count_tokens" else _USAGE_SCAN
+
     # -- upstream side ----------------------------------------------------------------------------
     def build_upstream_chat(self, request: ChatRequest, *, default_max_tokens: int | None = None) -> UpstreamCall:
         """``POST /v1/messages`` (``n > 1`` is a 400: Anthropic answers once per request)."""
@@ -168,6 +178,23 @@ class AnthropicFormat(WireFormat):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """``x-api-key`` plus the API version Anthropic requires."""
         return {"x-api-key": api_key, "anthropic-version": chat.API_VERSION}
+
+
+def _read_usage(event: dict[str, Any], usage: Usage) -> Usage:
+    message = event.get("message")
+    if isinstance(message, dict):  # message_start
+        return chat.parse_usage(message.get("usage"), usage)
+    raw = event.get("usage")
+    return chat.parse_usage(raw, usage) if isinstance(raw, dict) else usage
+
+
+def _read_count(event: dict[str, Any], usage: Usage) -> Usage:
+    count = event.get("input_tokens")
+    return Usage(input_tokens=count) if isinstance(count, int) else usage
+
+
+_USAGE_SCAN = UsageScan(marker=b'"usage"', read=_read_usage)
+_COUNT_SCAN = UsageScan(marker=b'"input_tokens"', read=_read_count)
 
 
 @hookimpl

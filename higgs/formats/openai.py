@@ -33,7 +33,7 @@ from higgs.formats._common import (
     retry_after,
 )
 from higgs.hookspecs import hookimpl
-from higgs.interfaces import FormatRoute, UpstreamCall, WireFormat
+from higgs.interfaces import FormatRoute, Operation, UpstreamCall, UsageScan, WireFormat
 from higgs.messages import (
     BlockDelta,
     ChatRequest,
@@ -481,6 +481,11 @@ class OpenAIFormat(WireFormat):
         return EmbeddingResponse(model=str(body.get("model") or ""), data=data,
                                  usage=Usage(input_tokens=int(usage.get("prompt_tokens") or 0)))
 
+    def usage_scan(self, operation: Operation) -> UsageScan:
+        """Usage is the ``usage`` object of a body or of the last stream chunk(s); with ``include_usage`` the
+        other chunks say ``"usage": null``, so the marker is a key only a real usage object has."""
+        return _USAGE_SCAN
+
     def parse_upstream_error(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> ErrorInfo:
         """Canonical error from an upstream OpenAI-style error response."""
         try:
@@ -490,6 +495,14 @@ class OpenAIFormat(WireFormat):
         info = error_info_from_body(data, status)
         wait = retry_after(headers)
         return info.model_copy(update={"retry_after": wait}) if wait is not None else info
+
+
+def _read_usage(event: dict[str, Any], usage: Usage) -> Usage:
+    raw = event.get("usage")
+    return answers.parse_usage(raw) if isinstance(raw, dict) else usage
+
+
+_USAGE_SCAN = UsageScan(marker=b'"prompt_tokens"', read=_read_usage)
 
 
 @hookimpl

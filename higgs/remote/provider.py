@@ -52,7 +52,6 @@ from higgs.remote.headers import (
     parse_retry_after,
     redact,
 )
-from higgs.remote.sse import stream_error_bytes
 
 _Req = TypeVar("_Req", ChatRequest, CompletionRequest, EmbeddingRequest)
 _Resp = TypeVar("_Resp")
@@ -64,6 +63,8 @@ STATUS_FOR_TRANSLATION = {529: 503}
 FAILED_MODELS_TTL = 30.0
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 _NETWORK_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+#: Content types relayed chunk by chunk in pass-through (besides any body of unknown length).
+STREAM_TYPES = frozenset({"text/event-stream", "application/x-ndjson", "application/jsonl", "application/json-seq"})
 
 
 class RemoteOptions(BaseModel):
@@ -434,8 +435,7 @@ class RemoteProvider(Provider):
             raise error
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         out_headers = filter_headers(raw_headers, RESPONSE_DROP)
-        is_stream = response.content_type == "text/event-stream"
-        if not is_stream:
+        if not _is_stream(response):
             # Whole bodies are read before the first byte goes out, so a failure is still a clean 502.
             try:
                 body = await response.read()
@@ -445,11 +445,16 @@ class RemoteProvider(Provider):
                 response.release()
                 self.in_flight -= 1
             return RawResponse(response.status, out_headers, _once(body))
-        return self._relay(response)
+        return self._relay(response, out_headers)
 
-    def _relay(self, response: aiohttp.ClientResponse) -> RawResponse:
-        """A streamed pass-through body plus a ``close`` that is safe whether or not the body was consumed."""
+    def _relay(self, response: aiohttp.ClientResponse, headers: list[tuple[str, str]]) -> RawResponse:
+        """A streamed pass-through body plus a ``close`` that is safe whether or not the body was consumed.
+
+        Chunks are handed on as the socket delivers them; a stall longer than the read timeout, or a broken
+        connection, ends the body with the format's own error bytes (``WireFormat.stream_error_bytes``).
+        """
         open_ = [True]
+        events = response.content_type in STREAM_TYPES
 
         def finish(clean: bool) -> None:
             if open_[0]:
@@ -460,14 +465,18 @@ class RemoteProvider(Provider):
 
         async def body() -> AsyncIterator[bytes]:
             clean = False
+            read = response.content.readany
             try:
                 try:
-                    async for chunk in response.content.iter_any():
+                    while chunk := await read():
                         yield chunk
                 except (TimeoutError, *_NETWORK_ERRORS) as err:
                     self.log.warning("upstream stream of provider '%s' failed mid-way: %s", self.name,
                                      type(err).__name__)
-                    yield stream_error_bytes(self.format, self._network_error(err).info)
+                    if events:
+                        yield self.format.stream_error_bytes(self._network_error(err).info)
+                    else:  # error bytes cannot follow half a JSON body: end abruptly so the client can tell
+                        raise self._network_error(err) from err
                 clean = True
             finally:
                 finish(clean)
@@ -475,8 +484,7 @@ class RemoteProvider(Provider):
         async def close() -> None:
             finish(False)
 
-        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
-        return RawResponse(response.status, filter_headers(raw_headers, RESPONSE_DROP), body(), close=close)
+        return RawResponse(response.status, headers, body(), close=close, read_timeout=self.timeout.sock_read)
 
     def _local_count(self, raw: RawRequest, call: CallContext) -> RawResponse:
         try:
@@ -524,4 +532,11 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
+
+
+def _is_stream(response: aiohttp.ClientResponse) -> bool:
+    """Relay as it comes: event streams, NDJSON, and any body of unknown length (chunked or close-delimited)."""
+    if response.content_type in STREAM_TYPES:
+        return True
+    return response.content_length is None and response.status not in (204, 304)
 

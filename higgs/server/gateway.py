@@ -37,7 +37,8 @@ from higgs.messages import ModelInfo, StreamError, StreamEvent, StreamStart, Usa
 from higgs.records import RequestRecord
 from higgs.registry import Registry
 from higgs.server import keys
-from higgs.server.streaming import StreamStats, Tee, guard_events, idle_limited, passthrough_usage, write_stream
+from higgs.server.relay import relay, usage_meter
+from higgs.server.streaming import StreamStats, guard_events, idle_limited, write_stream
 
 log = logging.getLogger("higgs.gateway")
 
@@ -221,19 +222,20 @@ class Gateway:
         _route_headers(response, provider.name, decision)
         request[keys.STREAM] = response
         _disarm_deadline(request)
-        tee = Tee()
+        meter = usage_meter(fmt, operation, upstream.status, response.headers.get("content-type", ""))
+        # A body that ends by itself on a stalled upstream needs no per-chunk watchdog here.
+        body = (upstream.body if upstream.read_timeout is not None
+                else idle_limited(upstream.body, self.settings.server.timeout))
         try:
-            await write_stream(response, request, tee.wrap(idle_limited(upstream.body, self.settings.server.timeout)))
+            first = await relay(response, request, body, meter)
         finally:
             if upstream.close is not None:
                 await upstream.close()
-        if tee.first_chunk is not None and record.stream:
-            record.ttft_ms = (tee.first_chunk - started) * 1000
-        data = tee.data
-        if upstream.status < 400 and data:
-            usage = await passthrough_usage(fmt, operation, response.headers.get("content-type", ""), data)
-            if usage is not None:
-                _usage(record, usage)
+        if first is not None and record.stream:
+            record.ttft_ms = (first - started) * 1000
+        usage = await meter.result() if meter is not None else None
+        if usage is not None:
+            _usage(record, usage)
         return response
 
     # -- translation --------------------------------------------------------------------------------

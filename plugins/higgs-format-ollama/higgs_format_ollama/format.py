@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from higgs.errors import ApiError, InvalidRequestError
-from higgs.interfaces import FormatRoute, Operation, RouteQuery, UpstreamCall, WireFormat
+from higgs.interfaces import FormatRoute, Operation, RouteQuery, UpstreamCall, UsageScan, WireFormat
 from higgs.messages import (
     ChatRequest,
     ChatResponse,
@@ -29,6 +29,7 @@ from higgs.messages import (
     ErrorInfo,
     ModelInfo,
     StreamEvent,
+    Usage,
 )
 from higgs_format_ollama import convert, upstream
 
@@ -222,6 +223,14 @@ class OllamaFormat(WireFormat):
         """``{"error": "message"}``, as Ollama answers."""
         return error.status, {"error": error.message}
 
+    def stream_error_bytes(self, error: ErrorInfo) -> bytes:
+        """An NDJSON ``{"error": "..."}`` line, which Ollama clients raise mid-stream."""
+        return json.dumps({"error": error.message}).encode() + b"\n"
+
+    def usage_scan(self, operation: Operation) -> UsageScan:
+        """Counts sit in the final ``done`` line of a stream (or the body): ``prompt_eval_count``, ``eval_count``."""
+        return _USAGE_SCAN
+
     # -- upstream side ------------------------------------------------------------------------------
     def build_upstream_chat(self, request: ChatRequest, *, default_max_tokens: int | None = None) -> UpstreamCall:
         """An ``/api/chat`` request for an Ollama upstream."""
@@ -246,6 +255,15 @@ class OllamaFormat(WireFormat):
     def parse_upstream_error(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> ErrorInfo:
         """An ``ErrorInfo`` for an Ollama error."""
         return upstream.parse_error(status, body, headers)
+
+
+def _read_usage(event: dict[str, Any], usage: Usage) -> Usage:
+    if "prompt_eval_count" not in event and "eval_count" not in event:
+        return usage
+    return Usage(input_tokens=int(event.get("prompt_eval_count") or 0), output_tokens=int(event.get("eval_count") or 0))
+
+
+_USAGE_SCAN = UsageScan(marker=b'eval_count"', read=_read_usage)
 
 
 class GenerateFormat(OllamaFormat):

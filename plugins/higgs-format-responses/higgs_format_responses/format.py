@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from higgs.errors import ApiError, InvalidRequestError
-from higgs.interfaces import FormatRoute, RouteQuery, UpstreamCall, WireFormat
-from higgs.messages import ChatRequest, ChatResponse, ErrorInfo, Message, ModelInfo, StreamEvent
+from higgs.interfaces import FormatRoute, Operation, RouteQuery, UpstreamCall, UsageScan, WireFormat
+from higgs.messages import ChatRequest, ChatResponse, ErrorInfo, Message, ModelInfo, StreamEvent, Usage
 from higgs_format_responses import parse, render, upstream
 from higgs_format_responses.store import ResponsesSettings, ResponseStore, StoredResponse
 from higgs_format_responses.tools import ToolMap
@@ -197,6 +197,17 @@ class ResponsesFormat(WireFormat):
         """``{"error": {...}}`` as OpenAI sends it."""
         return error.status, {"error": render.error_object(error)}
 
+    def stream_error_bytes(self, error: ErrorInfo) -> bytes:
+        """An ``error`` event as the Responses API streams it (the sequence number is unknown mid-relay)."""
+        obj = render.error_object(error)
+        data = {"type": "error", "code": obj["code"], "message": obj["message"], "param": obj["param"],
+                "sequence_number": 0}
+        return b"event: error\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+    def usage_scan(self, operation: Operation) -> UsageScan:
+        """Usage is the response's ``usage`` (in ``response.completed`` when streamed; ``null`` before it)."""
+        return _USAGE_SCAN
+
     # -- upstream side ------------------------------------------------------------------------------
     def build_upstream_chat(self, request: ChatRequest, *, default_max_tokens: int | None = None) -> UpstreamCall:
         """A stateless ``POST /v1/responses`` for an upstream that speaks Responses."""
@@ -215,3 +226,12 @@ class ResponsesFormat(WireFormat):
     def parse_upstream_error(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> ErrorInfo:
         """An ``ErrorInfo`` for an upstream Responses error."""
         return upstream.parse_error(status, body, headers)
+
+
+def _read_usage(event: dict[str, Any], usage: Usage) -> Usage:
+    response = event.get("response")
+    raw = response.get("usage") if isinstance(response, dict) else event.get("usage")
+    return upstream.parse_usage(raw) if isinstance(raw, dict) else usage
+
+
+_USAGE_SCAN = UsageScan(marker=b'"input_tokens"', read=_read_usage)

@@ -162,6 +162,11 @@ def build_request(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
+def parse_usage(raw: Any) -> Usage:
+    """Canonical usage from a Responses ``usage`` object (the pass-through usage scan reads it too)."""
+    return _usage(raw)
+
+
 def _usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
