@@ -158,9 +158,14 @@ _META = re.compile(r"[.^$*+?{}\[\]\\|()]")
 
 
 def literal_name(pattern: str) -> str | None:
-    """The model name a pattern matches exactly when it is a plain or ``^...$``-anchored literal."""
-    body = pattern[1:] if pattern.startswith("^") else pattern
-    body = body[:-1] if body.endswith("$") else body
+    """The model name a pattern matches exactly when it is a plain or ``^...$``-anchored literal.
+
+    A pattern anchored at one end only (``^claude-``, ``-mini$``) is a prefix or suffix rule, never a name.
+    """
+    anchored_end = pattern.endswith("$") and not pattern.endswith(r"\$")
+    if pattern.startswith("^") != anchored_end:
+        return None
+    body = pattern[1:-1] if anchored_end else pattern
     unescaped = re.sub(r"\\(.)", r"\1", body)
     if _META.search(re.sub(r"\\.", "", body)) or not unescaped:
         return None

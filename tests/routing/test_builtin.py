@@ -169,3 +169,14 @@ def test_aliases_only_for_literal_patterns_with_rewrite():
     assert [(m.id, m.owned_by, m.kind) for m in alias_models(cfg)] == [("fast", "higgs", "alias"),
                                                                         ("opus", "an", "alias")]
     assert literal_name(r"^a\.b$") == "a.b" and literal_name("a|b") is None
+
+
+def test_half_anchored_patterns_are_prefix_rules_not_aliases():
+    """Regression: ``^claude-`` with a rewrite was listed in /v1/models (and 404 hints) as a model 'claude-'."""
+    cfg = settings(routes=[
+        {"pattern": "^claude-", "provider": "an", "model": "claude-x"},
+        {"pattern": "-mini$", "provider": "an", "model": "claude-y"},
+        {"pattern": r"^cost\$$", "provider": "an", "model": "claude-z"},
+    ])
+    assert route_aliases(cfg) == [("cost$", "claude-z", "an")]
+    assert literal_name("^claude-") is None and literal_name("-mini$") is None and literal_name(r"ab\$") == "ab$"
