@@ -303,7 +303,9 @@ class MlxProvider(Provider):
             lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
         max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
         kwargs = self._job_kwargs(request.sampling, lm)
-        kwargs["processors"] += self._extra_processors(request, lm, text, max_tokens)
+        # Compiling the index of a new schema takes seconds: keep it off the event loop (the processors
+        # touch MLX only when called, on the engine thread).
+        kwargs["processors"] += await asyncio.to_thread(self._extra_processors, request, lm, text, max_tokens)
         job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None,
                   ignore_eos=_ignore_eos(request.extra), embeds=embeds, **kwargs)
         parser = self._output_parser(request, lm, text)
