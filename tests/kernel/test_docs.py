@@ -55,3 +55,9 @@ def test_readme_quickstart_commands_exist():
     assert "./dev serve" in readme and "./dev test" in readme
     assert "serve) setup; exec .venv/bin/higgs serve" in dev and "test)  setup;" in dev
     assert "./dev test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_links_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    missing = [doc.name for doc in sorted((ROOT / "docs").glob("*.md")) if f"(docs/{doc.name})" not in readme]
+    assert not missing, f"README.md does not link {missing}"
