@@ -63,8 +63,16 @@ STATUS_FOR_TRANSLATION = {529: 503}
 FAILED_MODELS_TTL = 30.0
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 _NETWORK_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+#: How events end, per streamed content type (pass-through holds back an unfinished one only).
+_EVENT_ENDS: dict[str, tuple[bytes, ...]] = {
+    "text/event-stream": (b"\n\n", b"\r\n\r\n", b"\r\r"),
+    "application/x-ndjson": (b"\n",),
+    "application/jsonl": (b"\n",),
+}
 #: Content types relayed chunk by chunk in pass-through (besides any body of unknown length).
-STREAM_TYPES = frozenset({"text/event-stream", "application/x-ndjson", "application/jsonl", "application/json-seq"})
+STREAM_TYPES = frozenset(_EVENT_ENDS)
+#: An unfinished event larger than this is relayed anyway (the stream is not framed as its type says).
+_MAX_HELD = 1024 * 1024
 
 
 class RemoteOptions(BaseModel):
@@ -454,7 +462,6 @@ class RemoteProvider(Provider):
         connection, ends the body with the format's own error bytes (``WireFormat.stream_error_bytes``).
         """
         open_ = [True]
-        events = response.content_type in STREAM_TYPES
 
         def finish(clean: bool) -> None:
             if open_[0]:
@@ -466,17 +473,29 @@ class RemoteProvider(Provider):
         async def body() -> AsyncIterator[bytes]:
             clean = False
             read = response.content.readany
+            ends = _EVENT_ENDS.get(response.content_type)
+            held = b""  # an unfinished event, held back so an error event never lands in the middle of one
             try:
                 try:
                     while chunk := await read():
-                        yield chunk
+                        if ends is None or (not held and chunk.endswith(ends)):
+                            yield chunk  # the usual case: whole events
+                            continue
+                        data = held + chunk
+                        cut = max((at + len(end) for end in ends if (at := data.rfind(end)) >= 0), default=0)
+                        if cut < len(data) and len(data) > _MAX_HELD:
+                            cut = len(data)  # not event framing after all: stop holding
+                        held = data[cut:]
+                        if cut:
+                            yield data[:cut]
+                    if held:
+                        yield held  # the last line of an NDJSON stream may lack its newline
                 except (TimeoutError, *_NETWORK_ERRORS) as err:
                     self.log.warning("upstream stream of provider '%s' failed mid-way: %s", self.name,
                                      type(err).__name__)
-                    if events:
-                        yield self.format.stream_error_bytes(self._network_error(err).info)
-                    else:  # error bytes cannot follow half a JSON body: end abruptly so the client can tell
+                    if ends is None:  # error bytes cannot follow half a JSON body: end abruptly so the client can tell
                         raise self._network_error(err) from err
+                    yield self.format.stream_error_bytes(self._network_error(err).info)
                 clean = True
             finally:
                 finish(clean)
