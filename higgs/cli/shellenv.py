@@ -53,6 +53,20 @@ def _default_shell() -> str:
     return "fish" if os.path.basename(os.environ.get("SHELL", "")) == "fish" else "sh"
 
 
+def _server_or_exit_code(prefix: str, profile: str | None, config: str | None) -> str | int:
+    """The running server's base URL, or the exit code after saying on stderr why there is none."""
+    try:
+        url, why = find_server(profile, config)
+    except ValueError as err:
+        print(f"{prefix}: {err}", file=sys.stderr)
+        return 2
+    if url is None:
+        print(f"{prefix}: {why}; start it with `higgs start{f' --profile {profile}' if profile else ''}`",
+              file=sys.stderr)
+        return 1
+    return url
+
+
 def shellenv(*, profile: str | None = None, config: str | None = None, shell: str | None = None) -> int:
     """Print ``export`` lines for ANTHROPIC_BASE_URL and OPENAI_BASE_URL: ``eval "$(higgs shellenv)"``.
 
@@ -65,15 +79,9 @@ def shellenv(*, profile: str | None = None, config: str | None = None, shell: st
     if shell not in ("sh", "bash", "zsh", "fish"):
         print(f"# higgs shellenv: unknown shell {shell!r} (use sh or fish)", file=sys.stderr)
         return 2
-    try:
-        url, why = find_server(profile, config)
-    except ValueError as err:
-        print(f"# higgs shellenv: {err}", file=sys.stderr)
-        return 2
-    if url is None:
-        print(f"# higgs shellenv: {why}; start it with `higgs start"
-              f"{f' --profile {profile}' if profile else ''}`", file=sys.stderr)
-        return 1
+    url = _server_or_exit_code("# higgs shellenv", profile, config)
+    if isinstance(url, int):
+        return url
     sys.stdout.write(render_exports(client_env(url), "fish" if shell == "fish" else "sh"))
     return 0
 
@@ -92,15 +100,9 @@ def exec_command(*command: str, profile: str | None = None, config: str | None =
     if not command:
         print("higgs exec: no command given; usage: higgs exec [--profile NAME] -- CMD [ARGS...]", file=sys.stderr)
         return 2
-    try:
-        url, why = find_server(profile, config)
-    except ValueError as err:
-        print(f"higgs exec: {err}", file=sys.stderr)
-        return 2
-    if url is None:
-        print(f"higgs exec: {why}; start it with `higgs start{f' --profile {profile}' if profile else ''}`",
-              file=sys.stderr)
-        return 1
+    url = _server_or_exit_code("higgs exec", profile, config)
+    if isinstance(url, int):
+        return url
     env = {**os.environ, **client_env(url)}
     sys.stdout.flush()
     sys.stderr.flush()
