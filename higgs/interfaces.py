@@ -321,6 +321,10 @@ class WireFormat(ABC):
         """Render the model list."""
         raise NotImplementedError
 
+    def render_model(self, model: ModelInfo) -> dict[str, Any]:
+        """Render one model (``GET /v1/models/{model_id}``); only formats that route it implement this."""
+        raise NotImplementedError
+
     def render_count_tokens(self, count: int) -> dict[str, Any]:
         """Render a token count."""
         raise NotImplementedError

@@ -182,6 +182,7 @@ class OpenAIFormat(WireFormat):
             FormatRoute("POST", "/v1/completions", operation="completion"),
             FormatRoute("POST", "/v1/embeddings", operation="embedding"),
             FormatRoute("GET", "/v1/models", operation="models"),
+            FormatRoute("GET", "/v1/models/{model_id:.+}", operation="models"),
         ]
 
     def claims(self, path: str) -> bool:
@@ -339,11 +340,15 @@ class OpenAIFormat(WireFormat):
         ``created``, ``owned_by``) and Anthropic's (``type``, ``display_name``, ``created_at``), and the page
         has Anthropic's ``has_more``/``first_id``/``last_id``. Extra fields are ignored by both.
         """
-        data = [{"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by, "type": "model",
-                 "display_name": m.id, "created_at": iso_time(m.created), "lifecycle": "active",
-                 "max_input_tokens": m.context_length} for m in models]
+        data = [self.render_model(m) for m in models]
         return {"object": "list", "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None}
+
+    def render_model(self, model: ModelInfo) -> dict[str, Any]:
+        """One model object, readable by both SDKs (``GET /v1/models/{model_id}``)."""
+        return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by,
+                "type": "model", "display_name": model.id, "created_at": iso_time(model.created),
+                "lifecycle": "active", "max_input_tokens": model.context_length}
 
     def render_count_tokens(self, count: int) -> dict[str, Any]:
         """OpenAI has no counting endpoint; higgs answers in Anthropic's shape."""

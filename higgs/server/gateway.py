@@ -122,7 +122,7 @@ class Gateway:
         started = time.perf_counter()
         try:
             if operation == "models":
-                return await self._models(fmt)
+                return await self._models(fmt, request.match_info.get("model_id"))
             body_bytes = await request.read()
             body = _parse_json(body_bytes)
             canonical = _parse(fmt, operation, body, request)
@@ -302,7 +302,8 @@ class Gateway:
 
     # -- models -------------------------------------------------------------------------------------
 
-    async def _models(self, fmt: WireFormat) -> web.Response:
+    async def _models(self, fmt: WireFormat, model_id: str | None = None) -> web.Response:
+        """The model list, or one model by id (404 in the caller's format when nobody lists it)."""
         names = list(self.providers)
         results = await asyncio.gather(*(self.providers[n].list_models() for n in names), return_exceptions=True)
         seen: dict[str, ModelInfo] = {}
@@ -315,6 +316,10 @@ class Gateway:
         for router in self.routers:  # route aliases
             for model in router.list_models():
                 seen.setdefault(model.id, model)
+        if model_id is not None:
+            if model_id not in seen:
+                raise UnknownModelError(model_id, list(seen))
+            return web.json_response(fmt.render_model(seen[model_id]))
         return web.json_response(fmt.render_models(list(seen.values())))
 
 

@@ -68,3 +68,19 @@ async def test_anthropic_count_tokens_and_bad_json():
                 body = await response.json()
     assert response.status == 400 and body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_retrieve_one_model_with_both_sdks():
+    """Regression: ``GET /v1/models/{id}`` (``client.models.retrieve``) was a 404 'no route' for every model."""
+    fake = FakeProvider(local=True, models=["tiny", "org/repo-4bit"], reply="x")
+    async with serve_app(build_app(providers={"higgs": fake})) as url:
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as oa:
+            model = await oa.models.retrieve("tiny")
+            assert (model.id, model.object, model.owned_by) == ("tiny", "model", "higgs")
+            assert (await oa.models.retrieve("org/repo-4bit")).id == "org/repo-4bit"  # ids with a slash
+            with pytest.raises(openai.NotFoundError) as missing:
+                await oa.models.retrieve("nope")
+            assert missing.value.body["code"] == "model_not_found" and "tiny" in missing.value.body["message"]
+        async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as an:
+            info = await an.models.retrieve("tiny")
+            assert (info.id, info.type, info.display_name) == ("tiny", "model", "tiny")

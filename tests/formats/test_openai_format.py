@@ -55,7 +55,8 @@ def test_registers_a_format_spec_with_routes():
     assert spec.name == "openai"
     routes = {(r.method, r.path): r.operation for r in spec.factory().routes()}
     assert routes == {("POST", "/v1/chat/completions"): "chat", ("POST", "/v1/completions"): "completion",
-                      ("POST", "/v1/embeddings"): "embedding", ("GET", "/v1/models"): "models"}
+                      ("POST", "/v1/embeddings"): "embedding", ("GET", "/v1/models"): "models",
+                      ("GET", "/v1/models/{model_id:.+}"): "models"}
     assert fmt.claims("/v1/chat/completions") and fmt.claims("/nope") and not fmt.claims("/v1/messages")
 
 
