@@ -270,3 +270,20 @@ def test_count_tokens_includes_image_positions(oai, claude):
     reply = oai.chat.completions.create(model="nano", max_tokens=2, temperature=0, messages=[
         {"role": "user", "content": [_oai_image(_png(7)), {"type": "text", "text": QUESTION}]}])
     assert counted.input_tokens == reply.usage.prompt_tokens > 729
+
+
+def test_prefix_cache_hits_only_on_the_same_image(oai):
+    """The engine's token-keyed prefix cache reuses an image's KV-cache for the same image (the image
+    positions carry ids derived from its hash) and never for another image behind the same text."""
+    def cached(data: bytes, text: str) -> tuple[int, int]:
+        reply = oai.chat.completions.create(model="nano", max_tokens=2, temperature=0, messages=[
+            {"role": "user", "content": [_oai_image(data), {"type": "text", "text": text}]}])
+        details = reply.usage.prompt_tokens_details
+        return (details.cached_tokens if details else 0) or 0, reply.usage.prompt_tokens
+
+    text = "Tell me what is going on in this picture, in detail."
+    cached(_png(21), text)
+    hit, total = cached(_png(21), text)
+    assert hit > 729 and hit < total  # the image and the text after it came from the cache
+    miss, _ = cached(_png(22), text)
+    assert miss < 729  # at most the text before the image
