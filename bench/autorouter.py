@@ -96,6 +96,8 @@ def pct(values: list[float], q: int) -> float:
 async def main_async(args: argparse.Namespace) -> int:
     import mlx.core as mx  # noqa: TID251 (bench measures mlx directly)
     import mlx_lm  # noqa: TID251
+    from higgs_auto_router.cache import prefix_keys
+    from higgs_auto_router.prompt import conversation_items
     from higgs_auto_router.router import AutoRouter
     from higgs_mlx.loader import on_cpu
     from higgs_mlx.provider import MlxProvider
@@ -159,8 +161,11 @@ async def main_async(args: argparse.Namespace) -> int:
         prompt_tokens.append(outcome.verdict.prompt_tokens)
         generated.append(outcome.verdict.output_tokens)
         answers[outcome.verdict.answer] = answers.get(outcome.verdict.answer, 0) + 1
-        await warm.decide(RouteQuery(model="auto", operation="chat", request=to_request(items)))
-        remembered.append((await classify(warm, items))[0])
+        warm.cache.store(prefix_keys(conversation_items(to_request(items)))[-1], outcome.route)
+        ms, again = await classify(warm, items)
+        if again.how != "cached":
+            raise SystemExit(f"the remembered decision was not used: {again.describe()}")
+        remembered.append(ms)
         if time.perf_counter() - bench_start > args.max_seconds:
             break
     await provider.close()
