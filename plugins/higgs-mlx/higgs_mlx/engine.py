@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+#: Prefill chunk while other requests are decoding: bounds their inter-token gap to one such chunk.
+DEFAULT_INTERLEAVE_CHUNK = 128
 
 
 @dataclass
@@ -142,8 +144,12 @@ class Engine:
     """Owns the MLX thread and the scheduler over active jobs."""
 
     def __init__(self, prefill_chunk: int = 512, *, batch: bool = True, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_queue: int = DEFAULT_MAX_QUEUE, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+                 interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK) -> None:
+        #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
+        #: The same while other requests decode (smaller, so they keep streaming).
+        self.interleave_chunk = interleave_chunk
         #: Continuous batching for models without their own setting (``configure_model``).
         self.batch = batch
         #: Most jobs prefilling or decoding at once; more wait in the queue.
@@ -323,7 +329,9 @@ class Engine:
         self._active.append(job)
 
     def _step_all(self) -> None:
-        budget = self.prefill_chunk
+        decoding = bool(self._batches) or any(not j.prefilling for j in self._active)
+        chunk = min(self.prefill_chunk, self.interleave_chunk) if decoding else self.prefill_chunk
+        budget = chunk
         for job in list(self._active):
             if job.in_batch:
                 continue
@@ -333,7 +341,7 @@ class Engine:
             try:
                 if job.prefilling:
                     if budget > 0:
-                        budget -= self._prefill(job, budget)
+                        budget -= self._prefill(job, budget, chunk)
                         if not job.prefilling and self._batching(job):
                             self._batches.setdefault(id(job.lm), DecodeBatch(self._emit_row)).join(job)
                             job.in_batch = True
@@ -387,9 +395,9 @@ class Engine:
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
         return job.sampler(logprobs), logprobs.squeeze(0)
 
-    def _prefill(self, job: Job, budget: int) -> int:
-        """Prefill whole chunks of ``job``'s prompt while fewer than ``budget`` tokens were done; the last
-        piece also samples the first token. Returns the number of prompt tokens processed."""
+    def _prefill(self, job: Job, budget: int, chunk_size: int) -> int:
+        """Prefill ``chunk_size`` chunks of ``job``'s prompt while fewer than ``budget`` tokens were done;
+        the last piece also samples the first token. Returns the number of prompt tokens processed."""
         import mlx.core as mx
 
         used = 0
@@ -397,7 +405,7 @@ class Engine:
             while used < budget:
                 remaining = len(job.prompt) - job.pos - 1
                 if remaining > 0:
-                    n = min(self.prefill_chunk, remaining)
+                    n = min(chunk_size, remaining)
                     chunk = mx.array(job.prompt[job.pos : job.pos + n])
                     job.lm.model(chunk[None], cache=job.cache, **_embeds(job, job.pos, job.pos + n))
                     mx.eval([c.state for c in job.cache])
