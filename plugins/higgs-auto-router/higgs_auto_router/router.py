@@ -22,6 +22,7 @@ from higgs.errors import ConfigError, RoutingError
 from higgs.interfaces import Provider, RouteDecision, RouteQuery, Router
 from higgs.routing.balance import Balancer, in_flight
 from higgs.routing.builtin import provider_map
+from higgs.settings_loader import expand_path
 
 from higgs_auto_router.cache import DecisionCache, prefix_keys
 from higgs_auto_router.classifier import MlxClassifier, Verdict
@@ -79,6 +80,8 @@ class AutoRouter(Router):
         self.timeout = auto.timeout_ms / 1000
         self.model = auto.model or (settings.models[0].name or settings.models[0].path if settings.models
                                     else DEFAULT_CLASSIFIER)
+        if not any(self.model in (m.name, m.path) for m in settings.models):
+            self.model = expand_path(self.model)  # [[models]] paths are stored expanded (~, $VARS)
         self.candidates: list[Candidate] = []
         self.targets: dict[str, _Target] = {}
         self._providers: Mapping[str, Provider] = provider_map(services)

@@ -69,6 +69,8 @@ def test_classifier_model_must_be_a_local_model():
     assert _load(models=[{"path": "/m/a", "name": "a"}], routes=[ROUTE],
                  auto_router={"enabled": True, "model": "/m/a"}).auto_router.model == "/m/a"
     assert _load(routes=[ROUTE], auto_router={"enabled": True}).auto_router.model is None
+    settings = _load(models=[{"path": "~/m/a"}], routes=[ROUTE], auto_router={"enabled": True, "model": "~/m/a"})
+    assert AutoRouter(settings, {}).model == settings.models[0].path and not settings.models[0].path.startswith("~")
     # a disabled auto-router is not checked
     assert not _load(routes=[ROUTE], auto_router={"model": "nowhere"}).auto_router.enabled
 
