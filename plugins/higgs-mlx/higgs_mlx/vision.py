@@ -127,9 +127,9 @@ async def prepare_chat(provider: Any, request: ChatRequest) -> tuple[LoadedModel
     settings = ImageSettings.from_settings(provider.settings)
     refs = collect_images(request)
     images = await load_images(refs, settings)
-    lm, text, _ = await asyncio.to_thread(provider._prepare_chat, request)
 
-    def tokenize() -> tuple[list[int], list[int], Any]:
+    def tokenize() -> tuple[str, list[int], list[int], Any]:
+        _, text, _ = provider._prepare_chat(request)
         if text.count(adapter.marker) != len(images):
             raise InvalidRequestError(
                 f"The conversation text contains '{adapter.marker}', which '{lm.name}' reserves for images; "
@@ -144,9 +144,9 @@ async def prepare_chat(provider: Any, request: ChatRequest) -> tuple[LoadedModel
                 ids.extend(image_fill_ids(image, adapter.tokens_per_image(image), vocab))
             else:
                 ids.append(token)
-        return slots, ids, adapter.preprocess(images)
+        return text, slots, ids, adapter.preprocess(images)
 
-    slots, ids, pixels = await asyncio.to_thread(tokenize)
+    text, slots, ids, pixels = await asyncio.to_thread(tokenize)
     future = provider.engine.call(functools.partial(_embed, adapter, lm, slots, pixels))
     embeds = await asyncio.wrap_future(future)
     if len(ids) != int(embeds.shape[1]):
@@ -167,11 +167,9 @@ def count_tokens(provider: Any, request: ChatRequest) -> int:
 
 
 def _embed(adapter: VisionAdapter, lm: LoadedModel, slots: list[int], pixels: Any) -> Any:
-    import mlx.core as mx
-
-    embeds = adapter.embed(lm.model, slots, pixels)
-    mx.eval(embeds)
-    return embeds
+    """The prompt's embeddings as a lazy graph: the first prefill chunk evaluates the vision tower with
+    it (one sync instead of two; the evaluated embeddings then serve the later chunks)."""
+    return adapter.embed(lm.model, slots, pixels)
 
 
 def image_fill_ids(image: Image, count: int, vocab_size: int) -> list[int]:
