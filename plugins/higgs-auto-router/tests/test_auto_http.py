@@ -193,6 +193,12 @@ def test_auto_model_goes_to_the_chosen_route_with_its_model(env, auto, oai, clau
     record = env["records"].records[-1]
     assert (record.route, record.routing_method, record.provider) == ("auto:chat", "auto", "chatter")
 
+    with oai.chat.completions.with_streaming_response.create(
+            model="auto", stream=True, max_tokens=8, messages=[{"role": "user", "content": "and you?"}]) as stream:
+        assert stream.headers["x-higgs-route"] == "auto:chat"
+        text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    assert text == "answer from chatter"
+
     steer(env, "math")
     raw = claude.messages.with_raw_response.create(model="auto", max_tokens=8,
                                                    messages=[{"role": "user", "content": "what is 2+2?"}])
