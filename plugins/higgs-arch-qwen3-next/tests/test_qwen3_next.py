@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from higgs.testing import build_registry
-from higgs_mlx.testing import build_tiny_model, check_architecture
+from higgs_mlx.testing import check_architecture, fallback_tokenizer, render_template
 
 import higgs_arch_qwen3_next
 from higgs_arch_qwen3_next import SPEC
@@ -52,18 +52,14 @@ def test_the_module_follows_mlx_lm_and_generates_like_it(tmp_path: Path):
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A tokenizer without a chat template, so the family's fallback is what renders."""
-    from mlx_lm.tokenizer_utils import load
-
-    path = build_tiny_model("qwen3_next", tmp_path_factory.mktemp("tok"), chat_template=None, num_hidden_layers=1)
-    return load(path)._tokenizer
+    return fallback_tokenizer("qwen3_next", tmp_path_factory.mktemp("tok"))
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
     """The fallback template rendered the way the engine renders it (Hugging Face's chat-template engine)."""
-    kwargs.setdefault("add_generation_prompt", True)
     kwargs.setdefault("bos_token", None)
     kwargs.setdefault("eos_token", "<|im_end|>")
-    return str(tokenizer.apply_chat_template(messages, chat_template=SPEC.chat_template, tokenize=False, **kwargs))
+    return render_template(tokenizer, SPEC.chat_template, messages, **kwargs)
 
 
 def test_every_stop_token_is_a_real_turn_end(tokenizer: Any):

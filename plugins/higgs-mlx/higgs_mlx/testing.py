@@ -37,7 +37,9 @@ __all__ = [
     "Reference",
     "build_tiny_model",
     "check_architecture",
+    "fallback_tokenizer",
     "reference_generate",
+    "render_template",
     "tiny_config",
 ]
 
@@ -360,6 +362,20 @@ def check_architecture(spec: ArchitectureSpec, directory: Path, *, max_tokens: i
     assert reference is not None, f"{spec.name} has no model_types"
     return reference
 
+
+def fallback_tokenizer(model_type: str, directory: Path) -> Any:
+    """The Hugging Face tokenizer of a tiny model without a chat template (a family's fallback then renders)."""
+    from mlx_lm.tokenizer_utils import load
+
+    path = build_tiny_model(model_type, directory, chat_template=None, num_hidden_layers=1)
+    return load(path)._tokenizer
+
+
+def render_template(tokenizer: Any, template: str | None, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """A chat template rendered the way the engine renders it (Hugging Face's engine), for a generation prompt
+    unless ``add_generation_prompt=False``; ``bos_token``/``eos_token`` and template variables go in kwargs."""
+    kwargs.setdefault("add_generation_prompt", True)
+    return str(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs))
 
 def _rescale(model: Any, std: float, gain: float) -> None:
     """Redraw the token embeddings (and an untied LM head) from N(0, std); multiply other matrices by gain."""
