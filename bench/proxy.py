@@ -209,6 +209,15 @@ def litellm_config(upstream: str) -> Path:
     return path
 
 
+def baseline_tree(ref: str) -> Path:
+    """``higgs/`` and the OpenAI provider plugin as of ``ref``, exported (``git archive``) to a temp dir."""
+    tree = Path(tempfile.mkdtemp(prefix="bench-higgs-baseline-"))
+    archive = subprocess.run(["git", "archive", ref, "higgs", "plugins/higgs-openai"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description="higgs proxy-path benchmark")
     parser.add_argument("--requests", type=int, default=300, help="sequential requests per target and mode")
@@ -216,6 +225,7 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (requests and seconds are split)")
     parser.add_argument("--seconds", type=float, default=6.0, help="throughput window per target and mode")
     parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm", help="LiteLLM CLI ('' = skip)")
+    parser.add_argument("--baseline", default="", help="also run higgs as of this git commit (e.g. HEAD~3)")
     args = parser.parse_args()
 
     servers: list[Server] = []
@@ -234,6 +244,15 @@ async def main() -> int:
         # The same gateway, Anthropic clients -> OpenAI upstream: the translated path (no peer row).
         higgs.pids = [higgs.process.pid] if higgs.process else []
         targets.append(Server("higgs-translated", higgs.url + "#anthropic", pids=higgs.pids))
+        if args.baseline:  # the same gateway at another commit, side by side (before/after a change)
+            tree = baseline_tree(args.baseline)
+            bport = free_port()
+            base = start(f"higgs@{args.baseline}", [sys.executable, str(Path(__file__).resolve()), "--serve-higgs",
+                                                    str(bport), upstream], f"http://127.0.0.1:{bport}",
+                         env={"PYTHONPATH": f"{tree}{os.pathsep}{tree / 'plugins' / 'higgs-openai'}"})
+            base.pids = [base.process.pid] if base.process else []
+            servers.append(base)
+            targets.append(base)
         if args.litellm and Path(args.litellm).exists():
             lport = free_port()
             lite = start("litellm", [args.litellm, "--config", str(litellm_config(upstream)), "--host", "127.0.0.1",

@@ -133,6 +133,9 @@ class RawResponse:
     #: nothing, e.g. a read timeout on the upstream connection. When set, the kernel skips its own per-chunk
     #: idle watchdog (``server.timeout``), which costs a timer per chunk.
     read_timeout: float | None = None
+    #: The whole body when the provider has already read it (not a stream): the kernel then answers with a
+    #: ``Content-Length`` in one write instead of relaying chunks. ``body`` must yield the same bytes.
+    content: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 #: Never forwarded in either direction (RFC 9110 section 7.6.1 plus framing headers aiohttp sets itself).
 HOP_BY_HOP = frozenset({
@@ -41,7 +41,7 @@ def filter_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str] | se
 
 def client_credentials(headers: Mapping[str, str]) -> list[str]:
     """The API keys a client sent, ``Authorization: Bearer K`` first, then ``x-api-key: K``."""
-    ci = CIMultiDict(headers)
+    ci = headers if isinstance(headers, CIMultiDict | CIMultiDictProxy) else CIMultiDict(headers)
     found = []
     auth = ci.get("authorization", "")
     if auth[:7].lower() == "bearer " and auth[7:].strip():

@@ -135,6 +135,7 @@ class RemoteProvider(Provider):
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self.options.connect_timeout, timeout),
                                              sock_read=timeout)
         self.log = ctx.logger.getChild(self.name) if ctx.logger else logging.getLogger(f"higgs.provider.{self.name}")
+        self._default_headers = tuple({**self.default_headers, **self.options.headers}.items())
         self.session: aiohttp.ClientSession | None = None
         self.in_flight = 0
         self.requests = 0
@@ -199,7 +200,7 @@ class RemoteProvider(Provider):
                 headers[key] = value
             else:
                 headers.setdefault(key, value)
-        for key, value in {**self.default_headers, **self.options.headers}.items():
+        for key, value in self._default_headers:
             headers.setdefault(key, value)
         return headers
 
@@ -452,7 +453,7 @@ class RemoteProvider(Provider):
             finally:
                 response.release()
                 self.in_flight -= 1
-            return RawResponse(response.status, out_headers, _once(body))
+            return RawResponse(response.status, out_headers, _once(body), content=body)
         return self._relay(response, out_headers)
 
     def _relay(self, response: aiohttp.ClientResponse, headers: list[tuple[str, str]]) -> RawResponse:

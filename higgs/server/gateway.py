@@ -143,6 +143,7 @@ class Gateway:
                         body_bytes: bytes, canonical: Any, decision: RouteDecision, record: RequestRecord,
                         started: float) -> web.StreamResponse:
         last: ApiError | None = None
+        forwardable = self._forwardable(request)
         for index, name in enumerate(decision.providers):
             provider = self.providers.get(name)
             if provider is None:
@@ -150,7 +151,7 @@ class Gateway:
                                                   "configured")
                 continue
             call = CallContext(request_id=request[keys.REQUEST_ID], client_format=fmt.name,
-                               headers=self._forwardable(request), route=decision, path=request.path)
+                               headers=forwardable, route=decision, path=request.path)
             record.provider, record.local = name, provider.local
             record.format_out = provider.upstream_format or "canonical"
             has_next = index + 1 < len(decision.providers)
@@ -205,7 +206,7 @@ class Gateway:
                            has_next: bool, record: RequestRecord, started: float) -> web.StreamResponse:
         if body.get("model") != decision.model:
             body_bytes = json.dumps(fmt.rewrite_model(body, decision.model)).encode()
-        headers = [(k, v) for k, v in self._forwardable(request).items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in call.headers.items() if k.lower() not in HOP_BY_HOP]
         raw = RawRequest(method=request.method, path=request.path, query=request.query_string, headers=headers,
                          body=body_bytes)
         upstream: RawResponse = await provider.passthrough(raw, call)
@@ -215,14 +216,25 @@ class Gateway:
                 await upstream.close()
             info = fmt.parse_upstream_error(upstream.status, payload, dict(upstream.headers))
             raise _Retry(ApiError.from_info(info))
-        response = web.StreamResponse(status=upstream.status)
+        response = (web.Response(status=upstream.status) if upstream.content is not None
+                    else web.StreamResponse(status=upstream.status))
         for key, value in upstream.headers:
             if key.lower() not in HOP_BY_HOP and key.lower() not in ("content-encoding", "x-request-id"):
                 response.headers.add(key, value)
         _route_headers(response, provider.name, decision)
+        meter = usage_meter(fmt, operation, upstream.status, response.headers.get("content-type", ""))
+        if isinstance(response, web.Response) and upstream.content is not None:
+            # A body already read: one write with its length, no chunked framing.
+            if upstream.close is not None:
+                await upstream.close()
+            response.body = upstream.content
+            if meter is not None:
+                meter.feed(upstream.content)
+                if (usage := await meter.result()) is not None:
+                    _usage(record, usage)
+            return response
         request[keys.STREAM] = response
         _disarm_deadline(request)
-        meter = usage_meter(fmt, operation, upstream.status, response.headers.get("content-type", ""))
         # A body that ends by itself on a stalled upstream needs no per-chunk watchdog here.
         body = (upstream.body if upstream.read_timeout is not None
                 else idle_limited(upstream.body, self.settings.server.timeout))
