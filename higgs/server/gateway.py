@@ -236,10 +236,10 @@ class Gateway:
         request[keys.STREAM] = response
         _disarm_deadline(request)
         # A body that ends by itself on a stalled upstream needs no per-chunk watchdog here.
-        body = (upstream.body if upstream.read_timeout is not None
-                else idle_limited(upstream.body, self.settings.server.timeout))
+        chunks = (upstream.body if upstream.read_timeout is not None
+                  else idle_limited(upstream.body, self.settings.server.timeout))
         try:
-            first = await relay(response, request, body, meter)
+            first = await relay(response, request, chunks, meter)
         finally:
             if upstream.close is not None:
                 await upstream.close()
