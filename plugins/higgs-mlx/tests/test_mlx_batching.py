@@ -200,10 +200,13 @@ async def test_full_queue_is_a_503_with_retry_after(tiny_llama: Path):
         assert p.engine.state()["rejected_requests"] == 1
         for job in jobs:
             job.cancel()
+        await _idle(p.engine)  # cancellations land at the engine's next step, later on a loaded machine
+        _drain(outputs)
         with pytest.raises(ApiError) as err:  # through the provider: the same 503
             blockers = [_job(lm, _ids(8, 3), 200, outputs, f"b{i}") for i in range(2)]
-            for job in blockers:
-                p.engine.submit(job)
+            p.engine.submit(blockers[0])
+            await asyncio.wait_for(outputs.get(), 30)  # b0 holds the one batch slot ...
+            p.engine.submit(blockers[1])  # ... and b1 the one queue place
             try:
                 await p.chat(_chat("hi", max_tokens=3), call_context())
             finally:
@@ -240,6 +243,16 @@ async def test_queued_and_running_jobs_are_cancelled(tiny_llama: Path):
         assert reply.usage.output_tokens == 4
     finally:
         await p.close()
+
+
+async def _idle(engine: Engine, seconds: float = 30.0) -> None:
+    """Wait until the engine runs and queues nothing."""
+    for _ in range(int(seconds / 0.05)):
+        state = engine.state()
+        if state["active_requests"] == 0 and state["queue_depth"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the engine is still busy: {engine.state()}")
 
 
 def _drain(q: asyncio.Queue) -> list[Any]:
