@@ -87,6 +87,7 @@ class MlxProvider(Provider):
         self._agents: Any = _NO_AGENTS
         #: Embedding models (``higgs_mlx.embeddings.EncoderEmbedder``) by name and alias.
         self.embedders: dict[str, Any] = {}
+        self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     @property
@@ -97,6 +98,7 @@ class MlxProvider(Provider):
     async def start(self) -> None:
         """Start the engine thread and load every configured model (or the embedded default) on it."""
         self.engine.start()
+        self._started = True
         entries = list(self.settings.models)
         if not entries:
             from higgs_mlx.default_model import DefaultModelMissing
@@ -160,8 +162,23 @@ class MlxProvider(Provider):
 
     # -- catalogue --------------------------------------------------------------------------------
     def serves(self, model: str) -> bool:
-        """Whether ``model`` is a local model's name, alias, path or HF id."""
+        """Whether ``model`` is a local model's name, alias, path or HF id.
+
+        Before ``start()`` (``higgs route`` explains without loading anything) the answer comes from the
+        configuration: each ``[[models]]`` entry's name and path, or the embedded default's name and alias.
+        """
+        if not self._started:
+            return model in self.planned_names()
         return model in self._by_name or model in self.embedders
+
+    def planned_names(self) -> set[str]:
+        """The names ``start()`` will serve, read from the configuration without loading a model."""
+        entries = list(self.settings.models)
+        if not entries:
+            from higgs_mlx.default_model import DEFAULT_MODEL_NAME
+
+            return {DEFAULT_MODEL_NAME, DEFAULT_ALIAS}
+        return {name for entry in entries for name in (entry.name, entry.path) if name}
 
     async def list_models(self) -> list[ModelInfo]:
         """One entry per loaded model (aliases are not listed separately)."""

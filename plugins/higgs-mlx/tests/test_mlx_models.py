@@ -236,3 +236,20 @@ async def test_architecture_knowledge_extra_stops_and_template_fallback(tiny_lla
         assert response.usage.input_tokens > 3 and response.content
     finally:
         await provider.close()
+
+
+def test_route_explains_local_models_before_they_load(tiny_llama, tmp_path, capsys):
+    """Regression: ``higgs route`` said 'not served (404)' for the embedded default and every [[models]] entry,
+    because the provider only knew its names after ``start()`` loaded the weights."""
+    from higgs.cli.route import route
+
+    assert make_provider([]).serves("smollm2-135m-instruct") and make_provider([]).serves("default")
+    configured = make_provider([(tiny_llama, "tiny")])
+    assert configured.serves("tiny") and configured.serves(str(tiny_llama)) and not configured.serves("other")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[[models]]\npath = "{tiny_llama}"\nname = "tiny"\n')
+    assert route("tiny", config=config) == 0
+    assert "local" in capsys.readouterr().out
+    assert route("other", config=config) == 1
+    config.write_text("")
+    assert route("smollm2-135m-instruct", config=config) == 0
