@@ -152,6 +152,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
     settings = HiggsSettings(models=[ModelSettings(path=str(model_dir), name="bench")])
     settings.server.max_tokens = max(args.gen, 16)
+    if args.prefix_cache_mb is not None:
+        settings.server.prefix_cache_mb = args.prefix_cache_mb  # type: ignore[attr-defined]  # [server] extra
     provider = MlxProvider(ProviderSettings(name="higgs"),
                            ProviderContext(settings=settings, formats={}, architectures={"llava-qwen2": SPEC}))
     await provider.start()
@@ -213,6 +215,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/higgs-bench"), help="where synthetic models are kept")
+    ap.add_argument("--prefix-cache-mb", type=float, help="higgs prefix-cache MiB (0 = off)")
     ap.add_argument("--json", help="also write the numbers to this file")
     return asyncio.run(main_async(ap.parse_args()))
 
