@@ -136,6 +136,9 @@ class RawResponse:
     #: The whole body when the provider has already read it (not a stream): the kernel then answers with a
     #: ``Content-Length`` in one write instead of relaying chunks. ``body`` must yield the same bytes.
     content: bytes | None = None
+    #: True once ``body`` has nothing left to yield (the upstream ended and every byte was handed on): the
+    #: kernel then sends the chunk just received together with the end of the response, in one write.
+    exhausted: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)

@@ -463,6 +463,7 @@ class RemoteProvider(Provider):
         connection, ends the body with the format's own error bytes (``WireFormat.stream_error_bytes``).
         """
         open_ = [True]
+        held = [b""]  # an unfinished event, held back so an error event never lands in the middle of one
 
         def finish(clean: bool) -> None:
             if open_[0]:
@@ -475,22 +476,22 @@ class RemoteProvider(Provider):
             clean = False
             read = response.content.readany
             ends = _EVENT_ENDS.get(response.content_type)
-            held = b""  # an unfinished event, held back so an error event never lands in the middle of one
             try:
                 try:
                     while chunk := await read():
-                        if ends is None or (not held and chunk.endswith(ends)):
+                        if ends is None or (not held[0] and chunk.endswith(ends)):
                             yield chunk  # the usual case: whole events
                             continue
-                        data = held + chunk
+                        data = held[0] + chunk
                         cut = max((at + len(end) for end in ends if (at := data.rfind(end)) >= 0), default=0)
                         if cut < len(data) and len(data) > _MAX_HELD:
                             cut = len(data)  # not event framing after all: stop holding
-                        held = data[cut:]
+                        held[0] = data[cut:]
                         if cut:
                             yield data[:cut]
-                    if held:
-                        yield held  # the last line of an NDJSON stream may lack its newline
+                    if held[0]:
+                        rest, held[0] = held[0], b""
+                        yield rest  # the last line of an NDJSON stream may lack its newline
                 except (TimeoutError, *_NETWORK_ERRORS) as err:
                     self.log.warning("upstream stream of provider '%s' failed mid-way: %s", self.name,
                                      type(err).__name__)
@@ -504,7 +505,11 @@ class RemoteProvider(Provider):
         async def close() -> None:
             finish(False)
 
-        return RawResponse(response.status, headers, body(), close=close, read_timeout=self.timeout.sock_read)
+        def exhausted() -> bool:
+            return response.content.at_eof() and not held[0]
+
+        return RawResponse(response.status, headers, body(), close=close, read_timeout=self.timeout.sock_read,
+                           exhausted=exhausted)
 
     def _local_count(self, raw: RawRequest, call: CallContext) -> RawResponse:
         try:

@@ -239,7 +239,7 @@ class Gateway:
         chunks = (upstream.body if upstream.read_timeout is not None
                   else idle_limited(upstream.body, self.settings.server.timeout))
         try:
-            first = await relay(response, request, chunks, meter)
+            first = await relay(response, request, chunks, meter, upstream.exhausted)
         finally:
             if upstream.close is not None:
                 await upstream.close()

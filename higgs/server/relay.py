@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -132,25 +132,36 @@ def usage_meter(fmt: WireFormat, operation: Operation, status: int, content_type
 
 
 async def relay(response: web.StreamResponse, request: web.Request, body: AsyncIterator[bytes],
-                meter: UsageMeter | None) -> float | None:
+                meter: UsageMeter | None, exhausted: Callable[[], bool] | None = None) -> float | None:
     """Send the headers, then each chunk of ``body`` as it arrives, then end the response.
 
-    Returns the ``perf_counter`` time of the first non-empty chunk (TTFT), or None. A client that goes away
-    ends the loop quietly (aiohttp cancels the handler anyway); ``body`` is always closed.
+    With ``exhausted`` (true once ``body`` has nothing more), the last chunk and the end of the response go
+    out in one write (one packet, one wake-up of the client fewer). Returns the ``perf_counter`` time of the
+    first non-empty chunk (TTFT), or None. A client that goes away ends the loop quietly (aiohttp cancels
+    the handler anyway); ``body`` is always closed.
     """
     await response.prepare(request)
     first: float | None = None
+    ended = False
     write = response.write
     try:
         async for chunk in body:
             if not chunk:
                 continue
+            if ended:
+                log.warning("a pass-through body yielded bytes after it said it was exhausted; dropped")
+                break
             if first is None:
                 first = time.perf_counter()
-            await write(chunk)
+            if exhausted is not None and exhausted():
+                await response.write_eof(chunk)
+                ended = True
+            else:
+                await write(chunk)
             if meter is not None:
                 meter.feed(chunk)
-        await response.write_eof()
+        if not ended:
+            await response.write_eof()
     except ConnectionResetError:
         log.debug("client went away mid-stream")
     finally:
