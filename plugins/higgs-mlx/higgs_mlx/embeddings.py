@@ -183,7 +183,9 @@ class DecoderEmbedder:
 
     def tokenize(self, text: str) -> list[int]:
         """Ids as the tokenizer encodes plain text (BOS where the tokenizer adds one)."""
-        return list(self.tokenizer.encode(text))
+        from higgs_mlx.prompt import valid_unicode
+
+        return list(self.tokenizer.encode(valid_unicode(text)))
 
     def embed_batch(self, batch: list[list[int]]) -> list[list[float]]:
         """Right-padded batch: causal attention keeps pads from touching real tokens; the mask drops them."""

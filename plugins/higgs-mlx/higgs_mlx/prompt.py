@@ -9,6 +9,7 @@ is a 400, and so is a chat request to a model without any chat template.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from higgs.errors import InvalidRequestError
@@ -146,10 +147,20 @@ def encode_chat(request: ChatRequest, lm: LoadedModel, options: dict[str, Any] |
     """Prompt token ids for a chat request (special tokens come from the template, none are added)."""
     return encode_text(render_chat(request, lm, options), lm)
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with lone surrogates (legal in JSON's ``\\ud800``, not in UTF-8) replaced by U+FFFD.
+
+    Tokenizers encode UTF-8 and raise on them, which turned such a request into a 500.
+    """
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
 
 def encode_text(text: str, lm: LoadedModel) -> list[int]:
     """Token ids of rendered prompt text, without added special tokens."""
-    ids = lm.tokenizer.encode(text, add_special_tokens=False)
+    ids = lm.tokenizer.encode(valid_unicode(text), add_special_tokens=False)
     if not ids:
         raise InvalidRequestError("The rendered prompt is empty.", param="messages")
     return list(ids)
@@ -160,7 +171,7 @@ def encode_completion(request: CompletionRequest, lm: LoadedModel) -> list[list[
     prompts: list[list[int]] = []
     for prompt in request.prompt or [""]:
         if isinstance(prompt, str):
-            ids = list(lm.tokenizer.encode(prompt))
+            ids = list(lm.tokenizer.encode(valid_unicode(prompt)))
         else:
             vocab = lm.config.get("vocab_size") or len(lm.tokenizer)
             bad = [t for t in prompt if not 0 <= int(t) < vocab]

@@ -147,3 +147,19 @@ def test_client_disconnect_frees_the_engine(served):
         time.sleep(0.05)
     assert local.state()["active_requests"] == 0
     assert local.state()["completed_requests"] == completed  # dropped, not run to the end
+
+
+def test_lone_surrogates_in_text_are_replaced_not_a_500(server):
+    """Regression: JSON's ``\\ud800`` (legal JSON, not UTF-8) reached the tokenizer and answered 500."""
+    import httpx
+
+    bodies = {"/v1/chat/completions": b'{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", '
+                                      b'"content": "hi \\ud800 there"}]}',
+              "/v1/messages": b'{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", '
+                              b'"content": "hi \\udfff"}]}',
+              "/v1/completions": b'{"model": "plain", "max_tokens": 2, "prompt": "x \\ud800"}',
+              "/v1/embeddings": b'{"model": "tiny", "input": "x \\ud800"}'}
+    for path, body in bodies.items():
+        reply = httpx.post(server + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+        assert reply.status_code == 200, (path, reply.text)
+    assert prompts.valid_unicode("a\ud800b\udfff") == "a\ufffdb\ufffd" and prompts.valid_unicode("é😀") == "é😀"
