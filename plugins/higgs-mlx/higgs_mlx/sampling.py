@@ -6,6 +6,7 @@ request reproducible whatever else runs beside it), and the canonical ``Sampling
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,10 @@ PENALTY_CONTEXT = 256
 def validate(sampling: Sampling, vocab_size: int) -> None:
     """Reject parameters that are out of range with a 400 that names the field."""
     s = sampling
+    for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        value = getattr(s, name)
+        if value is not None and not math.isfinite(value):  # NaN, or a literal like 1e400 that overflows
+            raise InvalidRequestError(f"{name} must be a finite number, not {value}", param=name)
     if s.temperature is not None and s.temperature < 0:
         raise InvalidRequestError("temperature must be >= 0", param="temperature")
     if s.top_p is not None and not 0 <= s.top_p <= 1:
@@ -34,10 +39,12 @@ def validate(sampling: Sampling, vocab_size: int) -> None:
         raise InvalidRequestError("top_k must be >= 0", param="top_k")
     if s.repetition_penalty is not None and s.repetition_penalty <= 0:
         raise InvalidRequestError("repetition_penalty must be > 0", param="repetition_penalty")
-    for token in s.logit_bias or {}:
+    for token, bias in (s.logit_bias or {}).items():
         if not 0 <= int(token) < vocab_size:
             raise InvalidRequestError(f"logit_bias token id {token} is outside the vocabulary (0..{vocab_size - 1})",
                                       param="logit_bias")
+        if not math.isfinite(bias):
+            raise InvalidRequestError(f"logit_bias for token {token} must be a finite number", param="logit_bias")
 
 
 class RequestSampler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 from higgs.errors import ApiError, InvalidRequestError
@@ -254,6 +255,17 @@ async def test_unknown_model_and_bad_sampling(provider):
         await provider.chat(chat(sampling=Sampling(top_p=3)), call_context())
     with pytest.raises(InvalidRequestError):
         await provider.chat(chat(sampling=Sampling(logit_bias={10**6: 1.0})), call_context())
+
+
+async def test_non_finite_sampling_is_a_400(provider):
+    """Regression: temperature NaN (json.loads accepts it) or 1e400 (overflows to inf) was sampled with."""
+    for field in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        for value in (math.nan, math.inf):
+            with pytest.raises(InvalidRequestError) as err:
+                await provider.chat(chat(sampling=Sampling(**{field: value})), call_context())
+            assert err.value.info.param == field and "finite" in err.value.info.message
+    with pytest.raises(InvalidRequestError, match="finite"):
+        await provider.chat(chat(sampling=Sampling(logit_bias={5: math.nan})), call_context())
 
 
 def test_engine_state_shape():
