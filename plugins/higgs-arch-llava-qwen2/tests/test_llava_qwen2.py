@@ -287,3 +287,18 @@ def test_prefix_cache_hits_only_on_the_same_image(oai):
     assert hit > 729 and hit < total  # the image and the text after it came from the cache
     miss, _ = cached(_png(22), text)
     assert miss < 729  # at most the text before the image
+
+
+def test_lone_surrogate_in_text_beside_an_image_is_not_a_500(server):
+    """JSON may carry a lone surrogate (``\\ud800``) that UTF-8 tokenizers reject; SDKs cannot send one."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"model": "nano", "max_tokens": 2, "temperature": 0, "messages": [
+        {"role": "user", "content": [_oai_image(_png(7)), {"type": "text", "text": "odd \ud800 text"}]}]},
+        ensure_ascii=True).encode()
+    request = urllib.request.Request(server + "/v1/chat/completions", data=body,
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        reply = json.loads(response.read())
+    assert reply["usage"]["prompt_tokens"] > 729

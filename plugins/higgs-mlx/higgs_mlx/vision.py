@@ -76,12 +76,21 @@ class VisionAdapter:
             if i:
                 ids.append(self.image_token_id)
             if piece:
-                ids.extend(int(t) for t in tokenizer(piece)["input_ids"])
+                ids.extend(int(t) for t in tokenizer(_valid_unicode(piece))["input_ids"])
         return ids
 
     def embed(self, model: Any, ids: list[int], pixels: Any) -> Any:
         """Input embeddings ``(1, L, hidden)`` of the prompt, images spliced in (engine thread)."""
         raise NotImplementedError
+
+
+def _valid_unicode(text: str) -> str:
+    """Lone surrogates (legal in JSON, not in UTF-8) become U+FFFD instead of a tokenizer error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def load_adapter(target: str, path: Path, config: dict[str, Any]) -> VisionAdapter:
