@@ -301,3 +301,21 @@ async def test_openai_upstream_dying_mid_stream_ends_with_an_sse_error_event(rep
         with pytest.raises(openai.APIError, match="could not be reached"):
             async for _ in stream:
                 pass
+
+
+async def test_stalled_upstream_stream_ends_with_a_timeout_event_from_the_read_timeout(replay):
+    """No per-chunk timer in the gateway: the upstream connection's read timeout ends a stalled stream."""
+    replay.parts, replay.hold_after = [openai_stream()[:300], openai_stream()[300:]], 1
+    head = openai_stream()[:300]
+    head = head[:head.rfind(b"\n\n") + 2]  # the relay holds back the unfinished event
+    config = {"provider": {"up": {"kind": "remote", "url": replay.url, "format": "openai", "timeout": 0.4}},
+              "default": {"provider": "up"}}
+    app = build_app(config, plugins=[("test-remote", RemotePlugin())])
+    async with serve_app(app) as url, aiohttp.ClientSession() as http:
+        async with http.post(url + "/v1/chat/completions", json={
+                "model": "gpt-up", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as response:
+            raw = await asyncio.wait_for(response.read(), 10)
+        replay.release.set()
+    assert raw.startswith(head)
+    error = json.loads(raw[len(head):].removeprefix(b"data: "))
+    assert "timed out" in error["error"]["message"]
