@@ -49,6 +49,7 @@ class DecodeBatch:
         self.tokens: Any = None  # pending tokens, shape (B,)
         self.logprobs: Any = None  # their log-probabilities, shape (B, vocab)
         self._joining: list[Job] = []
+        self._groups: list[tuple[list[Job], list[Any], Any, Any]] = []
 
     def __len__(self) -> int:
         return len(self.rows) + len(self._joining)
@@ -56,6 +57,11 @@ class DecodeBatch:
     def join(self, job: Job) -> None:
         """Add a job whose prefill is done (``job.pending`` holds its first token); it runs next step."""
         self._joining.append(job)
+
+    def join_group(self, jobs: list[Job], cache: list[Any], tokens: Any, logprobs: Any) -> None:
+        """Add jobs prefilled together (``prefill_group``): their batch cache and first tokens."""
+        self._groups.append((jobs, cache, tokens, logprobs))
+        self._joining.extend(jobs)
 
     def jobs(self) -> list[Job]:
         """Every job of the batch, joining ones included."""
@@ -128,7 +134,29 @@ class DecodeBatch:
     def _merge_joiners(self) -> None:
         import mlx.core as mx
 
-        joiners, self._joining = self._joining, []
+        groups, self._groups = self._groups, []
+        grouped = {id(job) for jobs, *_ in groups for job in jobs}
+        joiners, self._joining = [j for j in self._joining if id(j) not in grouped], []
+        for jobs, cache, y, logprobs in groups:
+            keep = [i for i, job in enumerate(jobs) if not job.cancelled]
+            if not keep:
+                continue
+            if len(keep) < len(jobs):
+                index = mx.array(keep)
+                for c in cache:
+                    c.filter(index)
+                y, logprobs, jobs = y[index], logprobs[index], [jobs[i] for i in keep]
+            if self.cache is None:
+                self.cache, self.batched, self.tokens, self.logprobs = cache, True, y, logprobs
+            else:
+                if not self.batched:
+                    self.cache = [type(c).merge([c]) for c in self.cache]
+                    self.batched = True
+                for layer, new in zip(self.cache, cache, strict=True):
+                    layer.extend(new)
+                self.tokens = mx.concatenate([self.tokens, y])
+                self.logprobs = mx.concatenate([self.logprobs, logprobs])
+            self.rows.extend(jobs)
         for job in joiners:
             y, logprobs = job.pending
             job.pending = None
@@ -164,23 +192,63 @@ class DecodeBatch:
 
     def _forward(self, tokens: Any) -> tuple[Any, Any]:
         """The model on the pending tokens -> (next tokens ``(B,)``, log-probabilities ``(B, vocab)``)."""
-        import mlx.core as mx
-
         logits = self.rows[0].lm.model(tokens[:, None], cache=self.cache)[:, -1, :]
-        plain = all(not job.processors and getattr(job.sampler, "greedy", False) for job in self.rows)
-        if plain:
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            return mx.argmax(logprobs, axis=-1), logprobs
-        rows_lp = []
-        rows_y = []
-        for i, job in enumerate(self.rows):
-            row = logits[i : i + 1]
-            if job.processors:
+        return sample_rows(self.rows, logits, tokens)
+
+
+def sample_rows(jobs: list[Job], logits: Any, tokens: Any | None) -> tuple[Any, Any]:
+    """Each row's processors and sampler on ``logits`` ``(B, vocab)`` -> (tokens ``(B,)``, logprobs).
+
+    ``tokens`` (``(B,)``, the inputs of this step) are appended to the histories the processors see."""
+    import mlx.core as mx
+
+    if all(not job.processors and getattr(job.sampler, "greedy", False) for job in jobs):
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return mx.argmax(logprobs, axis=-1), logprobs
+    rows_lp = []
+    rows_y = []
+    for i, job in enumerate(jobs):
+        row = logits[i : i + 1]
+        if job.processors:
+            if tokens is not None:
                 token = tokens[i : i + 1]
                 job.history = token if job.history is None else mx.concatenate([job.history, token])
-                for processor in job.processors:
-                    row = processor(job.history, row)
-            lp = row - mx.logsumexp(row, axis=-1, keepdims=True)
-            rows_lp.append(lp)
-            rows_y.append(job.sampler(lp).reshape(1))
-        return mx.concatenate(rows_y), mx.concatenate(rows_lp)
+            for processor in job.processors:
+                row = processor(job.history, row)
+        lp = row - mx.logsumexp(row, axis=-1, keepdims=True)
+        rows_lp.append(lp)
+        rows_y.append(job.sampler(lp).reshape(1))
+    return mx.concatenate(rows_y), mx.concatenate(rows_lp)
+
+
+def prefill_group(jobs: list[Job], chunk: int) -> tuple[list[Any], Any, Any]:
+    """Prefill several fresh prompts of one model in padded calls, as mlx-lm's ``BatchGenerator`` does:
+    all but the last token right-padded (the caches' ``prepare``/``finalize`` roll the padding to the left),
+    then every last token in one step. Returns (batch cache, first tokens ``(B,)``, logprobs ``(B, vocab)``).
+    """
+    import mlx.core as mx
+
+    model = jobs[0].lm.model
+    cache = [type(layer).merge([job.cache[i] for job in jobs]) for i, layer in enumerate(jobs[0].cache)]
+    bodies = [job.prompt[:-1] for job in jobs]
+    lengths = [len(b) for b in bodies]
+    width = max(lengths)
+    if width:
+        padding = [width - n for n in lengths]
+        if max(padding):
+            for c in cache:
+                c.prepare(lengths=lengths, right_padding=padding)
+        tokens = mx.array([b + [0] * (width - len(b)) for b in bodies])
+        for start in range(0, width, chunk):
+            model(tokens[:, start : start + chunk], cache=cache)
+            mx.eval([c.state for c in cache])
+        if max(padding):
+            for c in cache:
+                c.finalize()
+    for job in jobs:
+        if job.processors:
+            job.history = mx.array(job.prompt)
+    last = mx.array([job.prompt[-1] for job in jobs])
+    logits = model(last[:, None], cache=cache)[:, -1, :]
+    y, logprobs = sample_rows(jobs, logits, None)
+    return cache, y, logprobs

@@ -34,7 +34,7 @@ from typing import Any
 from higgs.errors import ApiError
 from higgs.messages import StopReason
 
-from higgs_mlx.batching import DecodeBatch, can_batch
+from higgs_mlx.batching import DecodeBatch, can_batch, prefill_group
 from higgs_mlx.loader import LoadedModel
 from higgs_mlx.prefix_cache import PrefixCache
 from higgs_mlx.stops import StopMatcher
@@ -164,6 +164,9 @@ class Engine:
         self._batch_models: dict[int, bool] = {}
         self.rejected = 0
         self.peak_batch = 0
+        #: Prefill short prompts that wait together in one padded call (batching on only).
+        self.batch_prefill = True
+        self.grouped_prefills = 0
         self._thread = threading.Thread(target=self._main, name="higgs-mlx-engine", daemon=True)
         self._stream: Any = None
         self._started = False
@@ -240,6 +243,7 @@ class Engine:
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,
             "rejected_requests": self.rejected,
+            "grouped_prefills": self.grouped_prefills,
             "kv_cache_bytes": kv,
             **self.prefix.state(),
             "completed_requests": self.completed,
@@ -332,6 +336,8 @@ class Engine:
         decoding = bool(self._batches) or any(not j.prefilling for j in self._active)
         chunk = min(self.prefill_chunk, self.interleave_chunk) if decoding else self.prefill_chunk
         budget = chunk
+        if self.batch_prefill:
+            budget -= self._prefill_together(chunk if decoding else max(chunk, 4 * self.prefill_chunk), chunk)
         for job in list(self._active):
             if job.in_batch:
                 continue
@@ -366,6 +372,46 @@ class Engine:
                 del self._batches[key]
             else:
                 self.peak_batch = max(self.peak_batch, len(batch.rows))
+
+    def _prefill_together(self, budget: int, chunk: int) -> int:
+        """Prefill fresh short prompts that arrived together in one padded call per model (as mlx_lm's
+        server does), so simultaneous requests start decoding together. Returns the tokens used."""
+        import mlx.core as mx
+
+        groups: dict[int, list[Job]] = {}
+        total = 0
+        for job in self._active:
+            if (job.prefilling and not job.cancelled and job.pos == 0 and job.embeds is None
+                    and len(job.prompt) <= self.prefill_chunk and self._batching(job)):
+                group = groups.setdefault(id(job.lm), [])
+                width = max([len(job.prompt), *(len(j.prompt) for j in group)])
+                if width * (len(group) + 1) > budget - total and group:
+                    continue
+                group.append(job)
+        used = 0
+        for jobs in groups.values():
+            if len(jobs) < 2:
+                continue
+            try:
+                with mx.stream(self._stream):
+                    cache, y, logprobs = prefill_group(jobs, chunk)
+                    stored: list[Any] = []
+                    for i, job in enumerate(jobs):
+                        if job.cache_prefix:
+                            stored += self.prefix.insert(id(job.lm), job.prompt, [c.extract(i) for c in cache])
+                    mx.async_eval(y, logprobs, *stored)  # type: ignore[no-untyped-call]
+            except Exception as err:
+                log.exception("batched prefill failed")
+                for job in jobs:
+                    self._drop(job)
+                    job.emit(Failed(err))
+                continue
+            self.grouped_prefills += 1
+            for job in jobs:
+                job.pos, job.prefilling, job.cache, job.in_batch = len(job.prompt), False, None, True
+                used += len(job.prompt)
+            self._batches.setdefault(id(jobs[0].lm), DecodeBatch(self._emit_row)).join_group(jobs, cache, y, logprobs)
+        return used
 
     def _batching(self, job: Job) -> bool:
         """Whether ``job`` decodes in its model's batch."""

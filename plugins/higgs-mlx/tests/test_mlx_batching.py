@@ -91,6 +91,7 @@ async def test_batched_output_equals_solo_output(batch_provider):
     assert engine.peak_batch == 1
     batched = await _run(engine, SPECS, lm)
     assert engine.peak_batch >= 5, "the jobs did not decode together"
+    assert engine.grouped_prefills >= 1, "the prompts sent together were not prefilled together"
     for name, *_ in SPECS:
         assert batched[name] == solo[name], name
     assert {name: len(t) for name, t in batched.items()} == {name: n for name, _, n, *_ in SPECS}
@@ -100,6 +101,15 @@ async def test_batched_output_equals_solo_output(batch_provider):
             break
         await asyncio.sleep(0.02)
     assert state["batch_size"] == 0 and state["active_requests"] == 0 and state["kv_cache_bytes"] == 0
+
+
+async def test_prompts_prefilled_one_by_one_give_the_same_tokens(batch_provider):
+    engine, lm = batch_provider.engine, batch_provider.model("tiny")
+    together = await _run(engine, SPECS, lm)
+    engine.batch_prefill = False
+    grouped = engine.grouped_prefills
+    assert await _run(engine, SPECS, lm) == together
+    assert engine.grouped_prefills == grouped
 
 
 async def test_batched_output_equals_the_unbatched_engine(tiny_llama: Path):
