@@ -168,6 +168,7 @@ async def main_async(args: argparse.Namespace) -> int:
         remembered.append(ms)
         if time.perf_counter() - bench_start > args.max_seconds:
             break
+    engine_state = provider.engine.state()
     await provider.close()
 
     config = lm.config
@@ -177,7 +178,11 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"conversation ~{args.conversation} tokens ({statistics.median(conv_sizes):.0f} messages), prompt "
           f"{statistics.median(prompt_tokens):.0f} tokens, {len(ROUTES)} candidates, answer {args.answer}, "
           f"{statistics.median(generated):.0f} tokens generated; {len(latencies)} runs after {args.warmup} warm-up")
-    print(f"answers: {', '.join(f'{k}={v}' for k, v in sorted(answers.items()))}\n")
+    print(f"answers: {', '.join(f'{k}={v}' for k, v in sorted(answers.items()))}")
+    if "prefix_cache_lookups" in engine_state:  # the static prompt head (instruction, routes) is shared
+        print(f"engine prefix cache: {engine_state['prefix_cache_hits']}/{engine_state['prefix_cache_lookups']} "
+              f"hits, token hit rate {engine_state.get('prefix_cache_token_hit_rate', 0):.2f}")
+    print()
     print(f"{'ms':24s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'min':>8s} {'max':>8s}")
     for name, values in (("classification", latencies), ("remembered decision", remembered)):
         print(f"{name:24s} {pct(values, 50):8.2f} {pct(values, 90):8.2f} {pct(values, 99):8.2f} "
