@@ -97,8 +97,13 @@ class MlxClassifier:
         self.extra_processors = list(extra_processors)
 
     def loaded(self) -> bool:
-        """Whether the provider has the classifier model loaded."""
-        return bool(self.provider.serves(self.model))
+        """Whether the provider has the classifier model loaded (``serves()`` may answer from the
+        configuration before the provider starts, so ask for the loaded model itself)."""
+        try:
+            self.provider.model(self.model)
+        except Exception:
+            return False
+        return True
 
     # -- off the event loop -----------------------------------------------------------------------
     def _prepare(self, candidates: Sequence[Candidate], items: Sequence[dict[str, str]]) -> _Prepared:
