@@ -1,7 +1,7 @@
 """The settings model (schema). Loading, precedence and validation messages live in ``higgs.settings_loader``.
 
 Schema (TOML): ``[server]``, ``[[models]]``, ``[provider.NAME]``, ``[[routes]]``, ``[default]``,
-``[auto_router]``, ``[retention]``, ``[logging.metrics]``, ``[plugins]``.
+``[auto_router]``, ``[retention]``, ``[logging.metrics]``, ``[plugins]``, ``[vision]``.
 """
 
 from __future__ import annotations
@@ -114,6 +114,17 @@ class LoggingSettings(_Section):
     metrics: MetricsLogSettings = Field(default_factory=MetricsLogSettings)
 
 
+class VisionSettings(_Section):
+    """``[vision]``: how local vision models get their images (``higgs_mlx.images``, docs/vision.md)."""
+
+    allow_private_urls: bool = Field(
+        False, description="fetch image URLs that resolve to private, loopback or link-local addresses")
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest image, inline or fetched (bytes)")
+    fetch_timeout: float = Field(10.0, gt=0, description="seconds for a whole image URL fetch")
+    max_images: int = Field(16, ge=1, description="most images in one request")
+    max_pixels: int = Field(64_000_000, ge=1, description="largest decoded image (width x height)")
+
+
 class PluginSettings(_Section):
     """``[plugins]``: allow/block lists by entry-point name, plus per-plugin tables."""
 
@@ -133,6 +144,7 @@ class HiggsSettings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    vision: VisionSettings = Field(default_factory=VisionSettings)
     #: Where the settings came from (file path), for error messages; not a config key.
     source: str | None = Field(default=None, exclude=True)
     profile: str | None = Field(default=None, exclude=True)

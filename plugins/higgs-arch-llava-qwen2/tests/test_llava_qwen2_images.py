@@ -80,6 +80,11 @@ def test_settings_from_the_vision_table():
     Settings.model_extra = {"vision": {"max_byte": 10}}
     with pytest.raises(ConfigError, match="vision"):
         ImageSettings.from_settings(Settings())
+    from higgs.settings_loader import build_settings
+
+    settings, warnings = build_settings({"vision": {"fetch_timeout": 2.5, "max_byte": 1}}, "<test>")
+    assert ImageSettings.from_settings(settings).fetch_timeout == 2.5
+    assert warnings == ["<test>: unknown key 'vision.max_byte' (ignored)"]
 
 
 @pytest.mark.parametrize("address, public", [

@@ -60,9 +60,13 @@ class ImageSettings(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Any) -> ImageSettings:
-        """The ``[vision]`` table of the higgs settings (an unknown top-level table), validated."""
-        extra = getattr(settings, "model_extra", None) or {}
-        table = extra.get("vision") or {}
+        """The ``[vision]`` table of the higgs settings (``HiggsSettings.vision``), validated."""
+        section = getattr(settings, "vision", None)
+        if isinstance(section, BaseModel):
+            table = section.model_dump(include=set(cls.model_fields))
+        else:  # a plain table (older kernels kept [vision] as an unknown key)
+            extra = getattr(settings, "model_extra", None) or {}
+            table = extra.get("vision") or {}
         try:
             return cls.model_validate(table)
         except ValidationError as err:
