@@ -298,6 +298,8 @@ def import_gguf(source: Path, dest: Path, *, bits: int | None = None,
 
     if bits not in (None, 4, 8):
         raise GGUFImportError(f"-q must be 4 or 8 (got {bits})")
+    if source.is_dir():
+        raise GGUFImportError(f"{source} is a directory; give the path of a .gguf file")
     if not source.is_file():
         raise GGUFImportError(f"{source} does not exist")
     try:

@@ -122,6 +122,8 @@ def test_unsupported_and_broken_files(tmp_path):
         import_gguf(other, tmp_path / "out")
     with pytest.raises(GGUFImportError, match="does not exist"):
         import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+    with pytest.raises(GGUFImportError, match="is a directory"):  # regression: said "does not exist"
+        import_gguf(tmp_path, tmp_path / "out")
     with pytest.raises(GGUFImportError):
         mlx_name("blk.0.weird_thing.weight")
 
