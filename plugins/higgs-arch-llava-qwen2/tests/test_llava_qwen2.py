@@ -302,3 +302,26 @@ def test_lone_surrogate_in_text_beside_an_image_is_not_a_500(server):
     with urllib.request.urlopen(request, timeout=60) as response:
         reply = json.loads(response.read())
     assert reply["usage"]["prompt_tokens"] > 729
+
+
+def test_image_url_when_the_operator_allows_private_addresses(model_dir, reference):
+    """``[vision] allow_private_urls = true``: an image URL on loopback is fetched and answers like inline data."""
+    import higgs_mlx
+    from aiohttp import web
+
+    png = _png(7)
+
+    async def image(request):
+        return web.Response(body=png, content_type="image/png")
+
+    images = web.Application()
+    images.router.add_get("/cat.png", image)
+    app = build_app({"models": [{"path": str(model_dir), "name": "nano"}], "vision": {"allow_private_urls": True}},
+                    plugins=[("mlx", higgs_mlx), ("arch-llava-qwen2", higgs_arch_llava_qwen2)])
+    with serve_in_thread(images) as image_url, serve_in_thread(app, timeout=120) as url:
+        client = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+        message = client.messages.create(model="nano", max_tokens=MAX_TOKENS, extra_body={"temperature": 0},
+                                         messages=[{"role": "user", "content": [
+                                             {"type": "image", "source": {"type": "url", "url": image_url + "/cat.png"}},
+                                             {"type": "text", "text": QUESTION}]}])
+    assert message.content[0].text == reference
