@@ -320,8 +320,8 @@ def test_image_url_when_the_operator_allows_private_addresses(model_dir, referen
                     plugins=[("mlx", higgs_mlx), ("arch-llava-qwen2", higgs_arch_llava_qwen2)])
     with serve_in_thread(images) as image_url, serve_in_thread(app, timeout=120) as url:
         client = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+        source = {"type": "url", "url": image_url + "/cat.png"}
         message = client.messages.create(model="nano", max_tokens=MAX_TOKENS, extra_body={"temperature": 0},
                                          messages=[{"role": "user", "content": [
-                                             {"type": "image", "source": {"type": "url", "url": image_url + "/cat.png"}},
-                                             {"type": "text", "text": QUESTION}]}])
+                                             {"type": "image", "source": source}, {"type": "text", "text": QUESTION}]}])
     assert message.content[0].text == reference
