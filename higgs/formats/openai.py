@@ -24,7 +24,6 @@ from higgs.formats._common import (
     error_from_exception,
     error_text,
     expect_dict,
-    expect_list,
     invalid_as_400,
     iso_time,
     kind_for_status,
@@ -128,7 +127,10 @@ def error_info_from_body(data: Any, status: int | None) -> ErrorInfo:
 def _prompt(value: Any) -> list[str] | list[list[int]]:
     if isinstance(value, str):
         return [value]
-    items = expect_list(value, "prompt")
+    if not isinstance(value, list):  # expect_list would say only "must be an array"
+        raise InvalidRequestError("'prompt' must be a string, an array of strings, or token-id arrays.",
+                                  param="prompt")
+    items = value
     if not items:
         raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
     if all(isinstance(p, str) for p in items):

@@ -347,6 +347,10 @@ def test_completions_request_and_response():
     assert fmt.parse_completion({"model": "m", "prompt": "hi"}).prompt == ["hi"]
     with pytest.raises(InvalidRequestError):
         fmt.parse_completion({"model": "m", "prompt": [1, "a"]})
+    # regression: a number or an object was told "'prompt' must be an array", though a string is fine too
+    for wrong, field, parse in ((123, "prompt", fmt.parse_completion), ({"a": 1}, "input", fmt.parse_embedding)):
+        with pytest.raises(InvalidRequestError, match=f"'{field}' must be a string, an array of strings"):
+            parse({"model": "m", field: wrong})
     out = fmt.render_completion(CompletionResponse(model="m", choices=[CompletionChoice(text="yo",
                                                    stop_reason="max_tokens")], usage=Usage(input_tokens=2,
                                                                                            output_tokens=1)), req)
