@@ -337,7 +337,10 @@ class Engine:
         chunk = min(self.prefill_chunk, self.interleave_chunk) if decoding else self.prefill_chunk
         budget = chunk
         if self.batch_prefill:
-            budget -= self._prefill_together(chunk if decoding else max(chunk, 4 * self.prefill_chunk), chunk)
+            # Short prompts arriving in a burst may take one prefill_chunk-sized call even while others
+            # decode (long prompts keep the small interleaved chunks).
+            group_budget = self.prefill_chunk if decoding else 4 * self.prefill_chunk
+            budget -= self._prefill_together(group_budget, chunk)
         for job in list(self._active):
             if job.in_batch:
                 continue
