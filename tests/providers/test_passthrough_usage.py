@@ -319,3 +319,13 @@ async def test_stalled_upstream_stream_ends_with_a_timeout_event_from_the_read_t
     assert raw.startswith(head)
     error = json.loads(raw[len(head):].removeprefix(b"data: "))
     assert "timed out" in error["error"]["message"]
+
+
+async def test_anthropic_count_tokens_pass_through_records_the_count(replay):
+    replay.content_type, replay.parts = "application/json", [b'{"input_tokens"', b": 42}"]
+    records = Records()
+    async with serve_app(app_for(replay, "anthropic", records)) as url:
+        client = anthropic.AsyncAnthropic(base_url=url, api_key="client", max_retries=0)
+        count = await client.messages.count_tokens(model="claude-up", messages=[{"role": "user", "content": "hi"}])
+        record = await records.next()
+    assert count.input_tokens == 42 and (record.input_tokens, record.output_tokens) == (42, 0)
