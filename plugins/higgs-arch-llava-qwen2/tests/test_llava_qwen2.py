@@ -325,3 +325,24 @@ def test_image_url_when_the_operator_allows_private_addresses(model_dir, referen
                                          messages=[{"role": "user", "content": [
                                              {"type": "image", "source": source}, {"type": "text", "text": QUESTION}]}])
     assert message.content[0].text == reference
+
+
+def test_concurrent_image_requests_batch_and_match_mlx_vlm(oai, vlm, reference):
+    """Image requests running at once (prefilled one by one, decoded in the model's batch) each answer
+    exactly as mlx-vlm does alone, beside a text-only request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = _png(9)
+    expected = {7: reference, 9: _vlm_greedy(vlm, QUESTION, [other]), 0: _vlm_greedy(vlm, QUESTION, [])}
+    images = {7: _png(7), 9: other}
+
+    def ask(key: int) -> str:
+        content = [_oai_image(images[key]), {"type": "text", "text": QUESTION}] if key else QUESTION
+        reply = oai.chat.completions.create(model="nano", max_tokens=MAX_TOKENS, temperature=0,
+                                            messages=[{"role": "user", "content": content}])
+        return str(reply.choices[0].message.content)
+
+    keys = [7, 9, 0, 9, 7]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        answers = list(pool.map(ask, keys))
+    assert answers == [expected[k] for k in keys]
