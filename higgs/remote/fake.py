@@ -1,10 +1,10 @@
-"""A scriptable fake upstream speaking the OpenAI and Anthropic wire formats on 127.0.0.1.
+"""A scriptable fake upstream speaking the OpenAI, Anthropic and Ollama wire formats on 127.0.0.1.
 
 Used by the provider plugins' tests, ``tests/providers`` and ``bench/proxy.py`` (``python -m
 higgs.remote.fake --port 9000``). It follows the public wire formats (chat completions with SSE chunks and
-``[DONE]``; messages with named SSE events) and records every request it receives, so tests can check
-headers and bodies exactly. ``script`` holds one-shot behaviours consumed in order: errors with headers,
-delays, streams that die mid-way or crawl.
+``[DONE]``; messages with named SSE events; Ollama's ``/api/chat`` NDJSON lines) and records every request
+it receives, so tests can check headers and bodies exactly. ``script`` holds one-shot behaviours consumed
+in order: errors with headers, delays, streams that die mid-way or crawl.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages/count_tokens", self._anthropic_count)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/api/tags", self._ollama_tags)
+        app.router.add_post("/api/chat", self._ollama_chat)
         return app
 
     async def __aenter__(self) -> FakeUpstream:
@@ -139,8 +140,8 @@ class FakeUpstream:
         return web.Response(body=data, status=status, content_type="application/json", headers=headers)
 
     async def _stream(self, request: web.Request, events: list[bytes], behaviour: Behaviour,
-                      error_event: bytes = b"") -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
+                      error_event: bytes = b"", content_type: str = "text/event-stream") -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": content_type, "cache-control": "no-cache",
                                                "x-fake-upstream": "1", **behaviour.headers})
         await response.prepare(request)
         written = bytearray()
@@ -309,6 +310,26 @@ class FakeUpstream:
         ]
         error = event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
         return await self._stream(request, events, behaviour, error)
+
+    # -- Ollama (native) ---------------------------------------------------------------------------
+    async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        """``/api/chat``: NDJSON lines (one per word), then the ``done`` line with the token counts."""
+        behaviour, raw = await self._begin(request)
+        if behaviour.status >= 400:
+            return self._json(behaviour.body or {"error": f"fake error {behaviour.status}"}, behaviour.status,
+                              behaviour.headers)
+        body = json.loads(raw)
+        base = {"model": body.get("model", "unknown"), "created_at": "2025-01-01T00:00:00Z"}
+        text = behaviour.text or self.text
+        final = {**base, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
+                 "total_duration": 1000, "prompt_eval_count": 12, "eval_count": len(text.split())}
+        if not body.get("stream", True):
+            return self._json({**final, "message": {"role": "assistant", "content": text}})
+        lines = [json.dumps({**base, "message": {"role": "assistant", "content": w}, "done": False}).encode() + b"\n"
+                 for w in self._words(text)]
+        lines.append(json.dumps(final).encode() + b"\n")
+        error = json.dumps({"error": "fake mid-stream failure"}).encode() + b"\n"
+        return await self._stream(request, lines, behaviour, error, content_type="application/x-ndjson")
 
     async def _anthropic_count(self, request: web.Request) -> web.Response:
         behaviour, _ = await self._begin(request)

@@ -329,3 +329,29 @@ async def test_anthropic_count_tokens_pass_through_records_the_count(replay):
         count = await client.messages.count_tokens(model="claude-up", messages=[{"role": "user", "content": "hi"}])
         record = await records.next()
     assert count.input_tokens == 42 and (record.input_tokens, record.output_tokens) == (42, 0)
+
+
+async def test_ollama_client_through_higgs_to_the_fake_ollama_upstream_streams_as_it_comes():
+    """``higgs.remote.fake`` as the Ollama upstream, crawling: parts reach the client one by one."""
+    from higgs.remote.fake import Behaviour, FakeUpstream
+
+    async with FakeUpstream() as fake:
+        fake.script.append(Behaviour(chunk_delay=0.15))
+        records = Records()
+        app = build_app({"provider": {"up": {"kind": "remote", "url": fake.url, "format": "ollama"}},
+                         "default": {"provider": "up"}},
+                        plugins=[("test-remote", RemotePlugin()), records, ("ollama-format", higgs_format_ollama)])
+        async with serve_app(app) as url:
+            client = ollama.AsyncClient(host=url)
+            loop = asyncio.get_running_loop()
+            arrivals, parts = [], []
+            async for part in await client.chat(model="llama-up", stream=True,
+                                                messages=[{"role": "user", "content": "hi"}]):
+                arrivals.append(loop.time())
+                parts.append(part)
+            record = await records.next()
+    assert "".join(p.message.content for p in parts) == fake.text and parts[-1].done
+    assert len(parts) == len(fake.text.split()) + 1
+    # Six events 0.15 s apart: relayed one by one, the first arrives long before the last.
+    assert arrivals[-1] - arrivals[0] > 0.5
+    assert (record.input_tokens, record.output_tokens) == (12, len(fake.text.split()))
