@@ -190,14 +190,20 @@ class Lifetime:
     ttft: dict[tuple[str, str], Histogram] = field(default_factory=dict)
 
     def add(self, s: Sample) -> None:
-        """Account for one sample."""
-        self.requests[(s.model, s.provider, s.route, str(s.status))] += 1
+        """Account for one sample.
+
+        A request no provider took (unknown model, bad body, auth or rate-limit failure) is counted under
+        model ``-``: these counters are never pruned, and the name is whatever the client sent, so one
+        label per name would let any client grow memory and the Prometheus output without bound.
+        """
+        model = s.model if s.provider != "-" else "-"
+        self.requests[(model, s.provider, s.route, str(s.status))] += 1
         for kind, n in (("input", s.input_tokens), ("output", s.output_tokens), ("cached", s.cached_tokens)):
             if n:
-                self.tokens[(s.model, s.provider, kind)] += n
-        self.latency.setdefault((s.model, s.provider), Histogram()).observe(s.latency_ms / 1000)
+                self.tokens[(model, s.provider, kind)] += n
+        self.latency.setdefault((model, s.provider), Histogram()).observe(s.latency_ms / 1000)
         if s.ttft_ms is not None:
-            self.ttft.setdefault((s.model, s.provider), Histogram()).observe(s.ttft_ms / 1000)
+            self.ttft.setdefault((model, s.provider), Histogram()).observe(s.ttft_ms / 1000)
 
 
 class MetricsStore:

@@ -101,6 +101,21 @@ def test_retention_disabled_keeps_counters_only():
     assert store.report()["totals"]["requests"] == 1
 
 
+def test_unrouted_model_names_do_not_grow_lifetime_labels():
+    """Regression: every unknown model name a client sent became a never-pruned Prometheus series."""
+    clock = Clock()
+    store = MetricsStore(60, clock=clock)
+    for i in range(50):
+        store.add(record(clock.now, model=f"random-{i}", provider=None, route=None, status=404,
+                         error_type="not_found"))
+    store.add(record(clock.now))
+    text = prometheus.render(store, {})
+    lifetime = [line for line in text.splitlines() if "random-" in line and "higgs_window_" not in line]
+    assert lifetime == []  # the windows keep names for their retention, then prune them
+    assert 'higgs_requests_total{model="-",provider="-",route="-",status="404"} 50' in text
+    assert 'higgs_requests_total{model="m1",provider="p1",route="default",status="200"} 1' in text
+
+
 def test_prometheus_text_is_well_formed():
     clock = Clock()
     store = MetricsStore(60, clock=clock)
