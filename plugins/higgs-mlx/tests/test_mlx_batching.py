@@ -285,3 +285,36 @@ def test_engine_options_from_server_settings():
         engine_options(ServerSettings(max_batch="many"))
     with pytest.raises(ModelLoadError, match="prefix_cache_mb"):
         engine_options(ServerSettings(prefix_cache_mb=-1))
+
+
+async def test_overload_over_http_in_each_format(tiny_llama: Path):
+    """A full engine answers 503 with retry-after in each format (Anthropic: overloaded_error); a client that
+    hangs up frees its slot for the next request."""
+    import aiohttp
+    from higgs.testing import serve_in_thread
+    from mlx_support import mlx_app
+
+    app = mlx_app({"server": {"max_batch": 1, "max_queue": 0},
+                   "models": [{"path": str(tiny_llama), "name": "tiny"}]})
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000,
+            "ignore_eos": True, "temperature": 0}
+    with serve_in_thread(app, timeout=120) as url:
+        async with aiohttp.ClientSession() as session:
+            hog = await session.post(url + "/v1/chat/completions", json={**chat, "stream": True})
+            assert hog.status == 200
+            await hog.content.readline()  # generating now
+            async with session.post(url + "/v1/chat/completions", json={**chat, "max_tokens": 4}) as busy:
+                body = await busy.json()
+                assert busy.status == 503 and int(busy.headers["retry-after"]) >= 1
+                assert "busy" in body["error"]["message"]
+            async with session.post(url + "/v1/messages", json={**chat, "max_tokens": 4}) as busy:
+                body = await busy.json()
+                assert busy.status in (503, 529) and int(busy.headers["retry-after"]) >= 1, body
+                assert body["type"] == "error" and body["error"]["type"] == "overloaded_error"
+            hog.close()  # the client hangs up: its slot frees at the next step
+            for _ in range(100):
+                async with session.post(url + "/v1/chat/completions", json={**chat, "max_tokens": 4}) as again:
+                    if again.status != 503:
+                        break
+                await asyncio.sleep(0.05)
+            assert again.status == 200
