@@ -21,6 +21,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
 
+#: Browser origins allowed by default: pages served from this machine, any port (``:*``). Not ``*``: any
+#: web page the user visits could otherwise drive the local models and spend the upstream keys.
+LOOPBACK_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
+                    "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*")
+
+
 class ServerSettings(_Section):
     """``[server]``: where and how the gateway listens."""
 
@@ -31,7 +37,7 @@ class ServerSettings(_Section):
     api_key: SecretStr | None = None
     rate_limit: int = Field(0, ge=0, description="requests per minute per client; 0 = off")
     max_body_size: int = Field(DEFAULT_MAX_BODY, ge=1)
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    cors_origins: list[str] = Field(default_factory=lambda: list(LOOPBACK_ORIGINS))
     batch: bool | None = None
     assume_yes: bool = Field(False, description="answer yes to confirmations (model downloads); `serve --yes`")
 

@@ -178,22 +178,41 @@ def emit_record(app: web.Application, record: RequestRecord) -> None:
             log.exception("plugin %s: higgs_request_finished failed", impl.plugin_name)
 
 
+def origin_allowed(origin: str, allowed: list[str]) -> bool:
+    """Whether ``origin`` matches an entry: exact, ``*``, or ``scheme://host:*`` (that host, any port or none)."""
+    for entry in allowed:
+        if entry == "*" or entry == origin:
+            return True
+        if entry.endswith(":*"):
+            base = entry[:-2]
+            if origin == base or (origin.startswith(base + ":") and origin[len(base) + 1:].isdigit()):
+                return True
+    return False
+
+
 def _allowed_origin(app: web.Application, origin: str) -> str | None:
     allowed = app[keys.SETTINGS].server.cors_origins
     if "*" in allowed:
         return "*"
-    return origin if origin in allowed else None
+    return origin if origin_allowed(origin, allowed) else None
 
 
 @web.middleware
 async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer CORS preflight requests (before auth: browsers send them without credentials)."""
+    """Answer CORS preflights, and refuse browser requests from origins not in ``server.cors_origins``.
+
+    Both run before auth (browsers send preflights without credentials). Refusing the request itself, not
+    only the CORS headers, matters: a page may send a "simple" cross-origin POST (``text/plain`` body) with
+    no preflight, and although it cannot read the answer, the request would still run and spend tokens.
+    """
     origin = request.headers.get("Origin")
-    if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
-        allow = _allowed_origin(request.app, origin)
-        if allow is None:
-            return error_response(request, ErrorInfo(status=403, kind="permission", message=(
-                f"Origin '{origin}' is not allowed (server.cors_origins).")))
+    if not origin:
+        return await handler(request)
+    allow = _allowed_origin(request.app, origin)
+    if allow is None:
+        return error_response(request, ErrorInfo(status=403, kind="permission", message=(
+            f"Origin '{origin}' is not allowed (server.cors_origins).")))
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": allow,
             "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",

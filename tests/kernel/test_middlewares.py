@@ -4,6 +4,7 @@ rendered in the caller's format (OpenAI JSON on OpenAI paths, Anthropic JSON on 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import anthropic
 import openai
@@ -215,13 +216,37 @@ async def test_cors_preflight_and_headers_even_with_auth():
         assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
 
 
-async def test_cors_wildcard_default_on_streams():
-    app, _ = app_with()
+async def test_cors_wildcard_on_streams():
+    app, _ = app_with({"cors_origins": ["*"]})
     async with app_client(app) as client:
         resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True},
                                  headers={"Origin": "http://x"})
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         await resp.read()
+
+
+async def test_default_origins_are_loopback_pages_and_foreign_pages_are_refused():
+    """Regression: the default ``["*"]`` let any web page the user visited use the local server (and the
+    upstream keys behind it): read answers through CORS, or fire "simple" text/plain POSTs with no preflight."""
+    app, fake = app_with()
+    async with app_client(app) as client:
+        for origin in ("http://localhost:5173", "http://127.0.0.1:3000", "http://[::1]:8080", "http://localhost"):
+            resp = await client.post("/v1/chat/completions", json=CHAT, headers={"Origin": origin})
+            assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == origin
+        calls = len(fake.calls)
+        for origin in ("https://evil.example", "http://localhost.evil.example", "http://localhost:1x", "null"):
+            resp = await client.post("/v1/chat/completions", data=json.dumps(CHAT),
+                                     headers={"Origin": origin, "content-type": "text/plain"})
+            body = await resp.json()
+            assert resp.status == 403 and body["error"]["type"] == "permission_error", body
+            assert "server.cors_origins" in body["error"]["message"]
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        resp = await client.post("/v1/messages", json={"model": "m", "max_tokens": 5, "messages": []},
+                                 headers={"Origin": "https://evil.example"})
+        assert resp.status == 403 and (await resp.json())["error"]["type"] == "permission_error"
+        assert len(fake.calls) == calls  # refused before any provider ran
+        resp = await client.post("/v1/chat/completions", json=CHAT)  # SDKs and curl send no Origin
+        assert resp.status == 200
 
 
 async def test_concurrent_clients_do_not_share_a_request_id():
