@@ -45,6 +45,8 @@ KERNEL_COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 _SUBAPPS = {"plugins": plugins_app, "config": config_app}
+#: Sub-apps made on the fly for plugin commands (``models import``): their help lists their commands.
+_UNDESCRIBED: set[str] = set()
 
 
 def _module_exists(target: str) -> bool:
@@ -59,11 +61,17 @@ def _register(name: str, target: Any, help_text: str = "") -> None:
     parent, _, leaf = name.rpartition(" ")
     owner = app
     if parent:
-        owner = _SUBAPPS.get(parent) or _SUBAPPS.setdefault(parent, App(name=parent))
+        if parent not in _SUBAPPS:
+            _SUBAPPS[parent] = App(name=parent)
+            _UNDESCRIBED.add(parent)
+        owner = _SUBAPPS[parent]
         if parent not in {c for c in app}:
             app.command(owner)
     kwargs = {"help": help_text} if help_text else {}
     owner.command(target, name=leaf, **kwargs)
+    if parent in _UNDESCRIBED:  # a sub-app made for plugin commands says what it holds in `higgs --help`
+        leaves = sorted(c for c in owner if not c.startswith("-"))
+        owner.help = f"{parent.capitalize()}: {', '.join(leaves)}."
 
 
 for _name, _target, _help in KERNEL_COMMANDS:
