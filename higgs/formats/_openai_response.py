@@ -76,12 +76,13 @@ def render_response(response: ChatResponse) -> dict[str, Any]:
         message["reasoning_content"] = thinking
     if calls:
         message["tool_calls"] = calls
+    logprobs = response.extra.get("logprobs")  # OpenAI's {"content": [...]}, set by providers that report them
     return {
         "id": response.id,
         "object": "chat.completion",
         "created": response.created,
         "model": response.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs if isinstance(logprobs, dict) else None,
                      "finish_reason": finish_reason(response.stop_reason)}],
         "usage": usage_json(response.usage),
         "system_fingerprint": None,

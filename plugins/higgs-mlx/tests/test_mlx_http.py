@@ -163,3 +163,19 @@ def test_lone_surrogates_in_text_are_replaced_not_a_500(server):
         reply = httpx.post(server + path, content=body, headers={"content-type": "application/json"}, timeout=60)
         assert reply.status_code == 200, (path, reply.text)
     assert prompts.valid_unicode("a\ud800b\udfff") == "a\ufffdb\ufffd" and prompts.valid_unicode("é😀") == "é😀"
+
+
+def test_openai_chat_logprobs_reach_the_client(oai):
+    """Regression: the engine computed logprobs but the OpenAI response always said ``"logprobs": null``."""
+    reply = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
+                                        max_tokens=5, temperature=0, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert "".join(t.token for t in content).strip() == reply.choices[0].message.content.strip()
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+        assert entry.logprob == max(t.logprob for t in entry.top_logprobs)  # greedy picks the top token
+    plain = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
+                                        max_tokens=5, temperature=0)
+    assert plain.choices[0].logprobs is None
