@@ -300,6 +300,12 @@ def _parse_tool_choice(body: Mapping[str, Any], tools: list[Tool]) -> ToolChoice
         choice = ToolChoice(type="tool", name=name)
     else:
         raise InvalidRequestError(f"Invalid '{param}': {raw!r}.", param=param)
+    # as OpenAI answers; a local model otherwise ignored the choice silently
+    if choice is not None and choice.type in ("any", "tool") and not tools:
+        raise InvalidRequestError(f"'{param}' is only allowed when 'tools' are specified.", param=param)
+    if choice is not None and choice.type == "tool" and choice.name not in {t.name for t in tools}:
+        raise InvalidRequestError(f"'{param}' names the function '{choice.name}', which is not in 'tools'.",
+                                  param=param)
     if body.get("parallel_tool_calls") is False:
         choice = (choice or ToolChoice(type="auto")).model_copy(update={"disable_parallel_tool_use": True})
     return choice

@@ -163,6 +163,20 @@ def test_tool_choice_forms(choice, kind, name):
     assert (req.tool_choice.type, req.tool_choice.name, req.tool_choice.disable_parallel_tool_use) == (kind, name, True)
 
 
+@pytest.mark.parametrize(("tools", "choice", "message"), [
+    ([], "required", "only allowed when 'tools' are specified"),
+    ([], {"type": "function", "function": {"name": "f"}}, "only allowed when 'tools' are specified"),
+    ([{"type": "function", "function": {"name": "f"}}], {"type": "function", "function": {"name": "g"}},
+     "names the function 'g', which is not in 'tools'"),
+])
+def test_tool_choice_must_match_the_tools(tools, choice, message):
+    """Regression: a forced tool that was not offered (or no tools at all) was silently ignored, as OpenAI 400s."""
+    with pytest.raises(InvalidRequestError, match=message) as err:
+        parse(msg({"role": "user", "content": "x"}, tools=tools, tool_choice=choice))
+    assert err.value.info.param == "tool_choice"
+    assert parse(msg({"role": "user", "content": "x"}, tool_choice="none")).tool_choice.type == "none"
+
+
 def test_sampling_response_format_and_reasoning():
     req = parse(msg({"role": "user", "content": "x"}, presence_penalty=0.5, frequency_penalty=-0.5,
                     logit_bias={"50256": -100}, logprobs=True, top_logprobs=3, n=2, user="u-1", stop="END",
