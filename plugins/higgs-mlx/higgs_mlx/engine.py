@@ -47,6 +47,8 @@ DEFAULT_MAX_QUEUE = 256
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 #: Prefill chunk while other requests are decoding: bounds their inter-token gap to one such chunk.
 DEFAULT_INTERLEAVE_CHUNK = 128
+#: Most padded prompt tokens of a burst of short prompts prefilled together in one call.
+DEFAULT_GROUP_PREFILL = 2048
 
 
 @dataclass
@@ -145,7 +147,7 @@ class Engine:
 
     def __init__(self, prefill_chunk: int = 512, *, batch: bool = True, max_batch: int = DEFAULT_MAX_BATCH,
                  max_queue: int = DEFAULT_MAX_QUEUE, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-                 interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK) -> None:
+                 interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming).
@@ -166,6 +168,8 @@ class Engine:
         self.peak_batch = 0
         #: Prefill short prompts that wait together in one padded call (batching on only).
         self.batch_prefill = True
+        #: Most padded prompt tokens prefilled together in one call.
+        self.group_prefill = group_prefill
         self.grouped_prefills = 0
         self._thread = threading.Thread(target=self._main, name="higgs-mlx-engine", daemon=True)
         self._stream: Any = None
@@ -337,10 +341,9 @@ class Engine:
         chunk = min(self.prefill_chunk, self.interleave_chunk) if decoding else self.prefill_chunk
         budget = chunk
         if self.batch_prefill:
-            # Short prompts arriving in a burst may take one prefill_chunk-sized call even while others
-            # decode (long prompts keep the small interleaved chunks).
-            group_budget = self.prefill_chunk if decoding else 4 * self.prefill_chunk
-            budget -= self._prefill_together(group_budget, chunk)
+            # A burst of short prompts is prefilled together up to group_prefill tokens, even while others
+            # decode (throughput first; long prompts keep the small interleaved chunks).
+            budget -= self._prefill_together(self.group_prefill, chunk)
         for job in list(self._active):
             if job.in_batch:
                 continue

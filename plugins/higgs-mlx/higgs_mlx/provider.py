@@ -432,14 +432,14 @@ class MlxProvider(Provider):
 
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
-    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk`` and ``prefix_cache_mb`` (0 turns
-    the prefix cache off)."""
+    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``group_prefill`` and
+    ``prefix_cache_mb`` (0 turns the prefix cache off)."""
     from higgs_mlx import engine as engine_mod
 
     options: dict[str, Any] = {}
     if getattr(server, "batch", None) is not None:
         options["batch"] = bool(server.batch)
-    for key in ("max_batch", "max_queue", "prefill_chunk", "interleave_chunk"):
+    for key in ("max_batch", "max_queue", "prefill_chunk", "interleave_chunk", "group_prefill"):
         value = getattr(server, key, None)
         if value is not None:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_queue" else 1):
