@@ -189,6 +189,12 @@ class RemoteProvider(Provider):
     def _secrets(self, client_headers: Mapping[str, str] | None = None) -> list[str | None]:
         return [self.api_key, self.gateway_key, *client_credentials(client_headers or {})]
 
+    def _redact_body(self, body: bytes, client_headers: Mapping[str, str]) -> bytes:
+        """An upstream error body with every key higgs knows of replaced by ``***`` (JSON-safe)."""
+        text = body.decode("utf-8", "replace")
+        redacted = redact(text, self._secrets(client_headers))
+        return body if redacted == text else redacted.encode()
+
     def _headers(self, forwarded: list[tuple[str, str]], client_headers: Mapping[str, str],
                  extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(forwarded)
@@ -453,6 +459,8 @@ class RemoteProvider(Provider):
             finally:
                 response.release()
                 self.in_flight -= 1
+            if response.status >= 400:  # upstreams sometimes echo the key they were sent
+                body = self._redact_body(body, client)
             return RawResponse(response.status, out_headers, _once(body), content=body)
         return self._relay(response, out_headers)
 

@@ -117,3 +117,21 @@ async def test_round_robin_spreads_requests_and_names_the_provider(fake, backup,
             raw = await client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
             served.append(raw.headers["x-higgs-provider"])
     assert served == ["a", "b", "a", "b"] and len(fake.requests) == len(backup.requests) == 2
+
+
+async def test_pass_through_error_bodies_never_echo_keys(fake, gateway):
+    fake.script.append(Behaviour(status=401, body={"error": {"message": "Incorrect API key provided: sk-conf-456",
+                                                             "type": "invalid_request_error"}}))
+    fake.script.append(Behaviour(status=401, body={"error": {"message": "Incorrect API key provided: sk-client-123",
+                                                             "type": "invalid_request_error"}}))
+    cfg = {"provider": {"b": {"url": fake.url, "format": "openai", "api_key": "sk-conf-456", "max_retries": 0},
+                        "a": {"url": fake.url, "format": "openai", "max_retries": 0}},
+           "routes": [{"pattern": "^b$", "provider": "b"}, {"pattern": "^a$", "provider": "a"}]}
+    async with gateway(cfg) as url:
+        for model, key in (("b", "unused"), ("a", "sk-client-123")):
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as err:
+                await client.chat.completions.create(model=model, messages=MESSAGES)
+            text = err.value.response.text
+            assert "***" in text and "sk-conf-456" not in text and "sk-client-123" not in text
+            assert err.value.body["message"] == "Incorrect API key provided: ***"  # still the upstream's JSON
