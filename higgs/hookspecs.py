@@ -139,6 +139,22 @@ def higgs_server_stopping(app: web.Application, settings: HiggsSettings) -> None
     """The server is shutting down (before providers close). Must not block."""
 
 
+@hookspec(firstresult=True)
+def higgs_serve_frontend(app: web.Application, host: str, port: int, settings: HiggsSettings) -> int | None:
+    """Serve ``app`` behind an interactive front end (``higgs serve --tui``) and return the exit code.
+
+    The first plugin that returns a value owns the terminal: it runs the server (e.g. on a thread) and
+    returns when the user quits. Return None to leave it to another plugin; when none answers, ``--tui``
+    fails with a message naming what to install.
+
+    Example::
+
+        @higgs.hookimpl
+        def higgs_serve_frontend(app, host, port, settings):
+            return run_dashboard_around(app, host, port)
+    """
+
+
 @hookspec
 def higgs_request_finished(record: RequestRecord) -> None:
     """A client request finished (successfully or not): usage, latency, route and outcome.

@@ -31,7 +31,7 @@ def serve(
     no_plugin: Annotated[list[str] | None, Parameter(name="--no-plugin",
                                                      help="Disable a plugin; repeatable; '*' = all.")] = None,
     yes: Annotated[bool, Parameter(help="Answer yes to confirmations (e.g. downloading a model).")] = False,
-    tui: Annotated[bool, Parameter(help="Show the live dashboard while serving (plugin higgs-tui).")] = False,
+    tui: Annotated[bool, Parameter(help="Show a live dashboard while serving (needs a front end: higgs-tui).")] = False,
 ) -> int:
     """Run the gateway server until SIGINT/SIGTERM."""
     from higgs.plugins import load_plugins
@@ -80,12 +80,12 @@ def serve(
         print(f"higgs listening on {url}  (plugins: {names}; config: "
               f"{loaded.path if loaded.exists else 'defaults'})", file=sys.stderr, flush=True)
 
-    if tui:  # the dashboard plugin runs the server on a thread and owns the terminal
-        try:
-            from higgs_tui.cli import serve_with_dashboard
-        except ImportError as err:
-            raise ConfigError("--tui needs the dashboard plugin: install higgs-tui") from err
-        return int(serve_with_dashboard(app, server.host, server.port, settings))
+    if tui:  # a front-end plugin runs the server behind its dashboard and owns the terminal
+        code = plugins.pm.hook.higgs_serve_frontend(app=app, host=server.host, port=server.port,
+                                                   settings=settings)
+        if code is None:
+            raise ConfigError("--tui needs a front-end plugin (higgs_serve_frontend), e.g. install higgs-tui")
+        return int(code)
     try:
         asyncio.run(serve_app(app, server.host, server.port, ready=ready, access_log=verbose))
     except OSError as err:

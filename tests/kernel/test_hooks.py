@@ -200,3 +200,32 @@ async def test_hook_higgs_request_finished():
         assert resp.status == 200
     (record,) = records
     assert record.model == "tiny" and record.input_tokens == 3 and record.status == 200
+
+
+def test_hook_higgs_serve_frontend(monkeypatch, capsys):
+    import higgs.plugins
+    from higgs.formats import anthropic as anthropic_format
+    from higgs.formats import openai as openai_format
+    from higgs.routing import builtin as routing
+
+    seen = {}
+
+    class Frontend:
+        @hookimpl
+        def higgs_serve_frontend(self, app, host, port, settings):
+            seen.update(host=host, port=port, paths={r.resource.canonical for r in app.router.routes()})
+            return 7
+
+    real = higgs.plugins.load_plugins
+
+    def load(plugins=(), **kwargs):
+        kwargs["load_entrypoints"] = False
+        return real(plugins=[openai_format, anthropic_format, routing, *plugins], **kwargs)
+
+    monkeypatch.setattr(higgs.plugins, "load_plugins", lambda **kw: load(plugins=[Frontend()], **kw))
+    assert main(["serve", "--tui", "--port", "8123"]) == 7  # the front end owned the run and its exit code
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123 and "/v1/chat/completions" in seen["paths"]
+
+    monkeypatch.setattr(higgs.plugins, "load_plugins", lambda **kw: load(**kw))  # no front end installed
+    assert main(["serve", "--tui", "--port", "8123"]) != 0
+    assert "--tui needs a front-end plugin" in capsys.readouterr().err
