@@ -65,20 +65,26 @@ def make_app(settings: HiggsSettings, registry: Registry) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/v1/system", system)
     mounted: dict[tuple[str, str], str] = {}
-    for fmt in formats.values():
-        for route in fmt.routes():
-            key = (route.method.upper(), route.path)
-            if key in mounted:
-                log.debug("%s %s is served by format %s; %s's route skipped", *key, mounted[key], fmt.name)
-                continue
-            mounted[key] = fmt.name
-            if route.handler is not None:
-                app.router.add_route(route.method, route.path, route.handler)
-            elif route.operation is not None:
-                app.router.add_route(route.method, route.path, gateway.handler(fmt, route.operation))
-            else:
-                raise PluginError(f"format '{fmt.name}': route {route.method} {route.path} has neither operation "
-                                  "nor handler")
+    routes = [(fmt, route) for fmt in formats.values() for route in fmt.routes()]
+    # GET routes answer HEAD too (as HTTP expects), unless a format serves HEAD on that path itself.
+    explicit_head = {route.path for _, route in routes if route.method.upper() == "HEAD"}
+    for fmt, route in routes:
+        key = (route.method.upper(), route.path)
+        if key in mounted:
+            log.debug("%s %s is served by format %s; %s's route skipped", *key, mounted[key], fmt.name)
+            continue
+        mounted[key] = fmt.name
+        if route.handler is not None:
+            handler = route.handler
+        elif route.operation is not None:
+            handler = gateway.handler(fmt, route.operation)
+        else:
+            raise PluginError(f"format '{fmt.name}': route {route.method} {route.path} has neither operation "
+                              "nor handler")
+        if key[0] == "GET":
+            app.router.add_get(route.path, handler, allow_head=route.path not in explicit_head)
+        else:
+            app.router.add_route(route.method, route.path, handler)
     registry.pm.hook.higgs_configure_app(app=app, settings=settings)
     return app
 

@@ -60,6 +60,8 @@ async def test_health_models_and_system():
         assert system["memory"]["rss_bytes"] > 1_000_000
         assert system["providers"]["higgs"]["local"] is True and system["providers"]["up"]["calls"] == 0
         assert {p["name"] for p in system["plugins"]} >= {"openai-format", "anthropic-format", "routing"}
+        async with http.head(url + "/v1/models") as resp:  # GET routes answer HEAD, with no body
+            assert resp.status == 200 and await resp.read() == b""
     assert local.started and local.closed and remote.closed  # cleanup_ctx ran
 
 
