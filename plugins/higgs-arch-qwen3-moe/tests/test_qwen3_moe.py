@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
 import pytest
-from higgs.testing import build_registry
-from higgs_mlx.testing import check_architecture, fallback_tokenizer, render_template
+from higgs_mlx.testing import ArchitecturePluginContract, fallback_tokenizer, render_template
 
 import higgs_arch_qwen3_moe
 from higgs_arch_qwen3_moe import SPEC
@@ -26,27 +21,9 @@ WEATHER_TOOL = {
 }
 
 
-def test_registered_under_the_higgs_entry_point_group():
-    (entry,) = [e for e in entry_points(group="higgs") if e.name == "arch-qwen3-moe"]
-    assert entry.load() is higgs_arch_qwen3_moe
-    assert list(higgs_arch_qwen3_moe.higgs_architectures()) == [SPEC]
-
-
-def test_the_registry_maps_its_model_types_to_the_spec():
-    registry = build_registry([("arch-qwen3-moe", higgs_arch_qwen3_moe)], builtins=False)
-    assert {t: registry.architectures[t] for t in SPEC.model_types} == dict.fromkeys(SPEC.model_types, SPEC)
-
-
-def test_registration_imports_no_model_code():
-    heavy = "('mlx', 'mlx_lm', 'transformers')"
-    code = f"import sys, higgs_arch_qwen3_moe; print([m for m in sys.modules if m.split('.')[0] in {heavy}])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
-def test_the_module_follows_mlx_lm_and_generates_like_it(tmp_path: Path):
-    reference = check_architecture(SPEC, tmp_path)
-    assert len(reference.tokens) == 6
+class TestArchitecturePlugin(ArchitecturePluginContract):
+    module = higgs_arch_qwen3_moe
+    entry_point = "arch-qwen3-moe"
 
 
 @pytest.fixture(scope="module")

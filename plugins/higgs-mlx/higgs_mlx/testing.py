@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT",
     "SPECIAL_TOKENS",
     "TINY_CONFIGS",
+    "ArchitecturePluginContract",
     "Reference",
     "build_tiny_model",
     "check_architecture",
@@ -524,3 +525,43 @@ def _byte_symbols() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+class ArchitecturePluginContract:
+    """The tests every architecture plugin passes, shared instead of copied into each plugin.
+
+    Use it in a plugin's tests as ``class TestArchitecturePlugin(ArchitecturePluginContract)`` with
+    ``module`` (the plugin module, exposing ``SPEC`` and ``higgs_architectures``) and ``entry_point`` (its
+    name in the ``higgs`` entry-point group).
+    """
+
+    module: Any
+    entry_point: str
+
+    def test_registered_under_the_higgs_entry_point_group(self) -> None:
+        from importlib.metadata import entry_points
+
+        (entry,) = [e for e in entry_points(group="higgs") if e.name == self.entry_point]
+        assert entry.load() is self.module
+        assert list(self.module.higgs_architectures()) == [self.module.SPEC]
+
+    def test_the_registry_maps_its_model_types_to_the_spec(self) -> None:
+        from higgs.testing import build_registry
+
+        spec = self.module.SPEC
+        registry = build_registry([(self.entry_point, self.module)], builtins=False)
+        assert {t: registry.architectures[t] for t in spec.model_types} == dict.fromkeys(spec.model_types, spec)
+
+    def test_registration_imports_no_model_code(self) -> None:
+        import subprocess
+        import sys
+
+        heavy = "('mlx', 'mlx_lm', 'transformers')"
+        code = (f"import sys, {self.module.__name__}; "
+                f"print([m for m in sys.modules if m.split('.')[0] in {heavy}])")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]"
+
+    def test_the_module_follows_mlx_lm_and_generates_like_it(self, tmp_path: Path) -> None:
+        reference = check_architecture(self.module.SPEC, tmp_path)
+        assert len(reference.tokens) == 6
