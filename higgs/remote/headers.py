@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
+from functools import partial
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -20,6 +22,9 @@ REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "content-encoding", "authorizati
 #: Response headers the gateway sets itself; ``content-encoding`` goes because a body compressed despite
 #: the absent ``Accept-Encoding`` is relayed decoded.
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "content-encoding"}
+#: Characters of a key echoed back masked or truncated; a dot only inside the run, not a sentence's end.
+_KEYISH = r"(?:[A-Za-z0-9_\-*]|\.(?=[A-Za-z0-9_\-*.])|\u2026)*"
+_MASK = frozenset("*.\u2026")
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -81,8 +86,22 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every non-empty secret replaced by ``***`` (upstreams sometimes echo keys)."""
+    """``text`` with every known secret replaced by ``***`` (upstreams sometimes echo keys).
+
+    Besides exact copies this catches the masked or truncated echoes upstreams produce (OpenAI's
+    ``Incorrect API key provided: sk-abc12***...wxyz``): a run of key characters that starts with the first
+    6 characters of a secret and is either masked (``*``, ``.``, ``…``) or a prefix of the secret.
+    """
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+        if not secret or len(secret) < 4:
+            continue
+        text = text.replace(secret, "***")
+        if len(secret) >= 6:
+            text = re.sub(re.escape(secret[:6]) + _KEYISH, partial(_mask_echo, secret=secret), text)
     return text
+
+
+def _mask_echo(match: re.Match[str], secret: str) -> str:
+    """``***`` when the matched run is a masked or truncated echo of ``secret``, else the run unchanged."""
+    run = match.group(0)
+    return "***" if _MASK.intersection(run) or secret.startswith(run) else run

@@ -135,3 +135,27 @@ async def test_pass_through_error_bodies_never_echo_keys(fake, gateway):
             text = err.value.response.text
             assert "***" in text and "sk-conf-456" not in text and "sk-client-123" not in text
             assert err.value.body["message"] == "Incorrect API key provided: ***"  # still the upstream's JSON
+
+
+async def test_masked_key_echoes_are_redacted_in_both_paths(fake, gateway):
+    """OpenAI's 401 echoes a masked key (``sk-abc12***...wxyz``): no prefix of any known secret gets out."""
+    conf, client_key, gw = "sk-conf-4567890abcdwxyz", "sk-client-1234567efgh", "higgs-gw-7890123"
+    masked = {conf: "sk-conf-4***...wxyz", client_key: "sk-clie**********efgh", gw: "higgs-gw-78**..."}
+    for key in (conf, client_key, gw, conf, client_key, gw):
+        fake.script.append(Behaviour(status=401, body={"error": {
+            "message": f"Incorrect API key provided: {masked[key]}. You can find your API key elsewhere.",
+            "type": "invalid_request_error"}}))
+    cfg = {"server": {"api_key": gw},
+           "provider": {"b": {"url": fake.url, "format": "openai", "api_key": conf, "max_retries": 0},
+                        "a": {"url": fake.url, "format": "openai", "max_retries": 0}},
+           "routes": [{"pattern": "^b$", "provider": "b"}, {"pattern": "^a$", "provider": "a"}]}
+    headers = {"authorization": f"Bearer {gw}", "x-api-key": client_key}
+    async with gateway(cfg) as url, aiohttp.ClientSession() as http:
+        for path, body in (("/v1/messages", {"max_tokens": 5}), ("/v1/chat/completions", {})):  # translated; relayed
+            for model in ("b", "a", "a"):
+                async with http.post(url + path, json={"model": model, "messages": MESSAGES, **body},
+                                     headers=headers) as response:
+                    text = await response.text()
+                assert response.status == 401
+                assert "Incorrect API key provided: ***. You can find" in text
+                assert all(value[:6] not in text for value in masked.values()), text
