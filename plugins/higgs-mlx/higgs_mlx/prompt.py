@@ -115,6 +115,8 @@ def render_chat(request: ChatRequest, lm: LoadedModel, options: dict[str, Any] |
     without them tools are rendered unless ``tool_choice`` is ``none`` and ``enable_thinking`` follows
     ``reasoning.enabled``.
     """
+    if not request.messages:  # templates fail on it with their own wording (or render a bare system prompt)
+        raise InvalidRequestError("messages: at least one message is required", param="messages")
     tok = lm.tokenizer
     template = getattr(tok, "chat_template", None) or lm.arch.chat_template
     if not template:

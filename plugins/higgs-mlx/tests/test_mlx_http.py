@@ -179,3 +179,16 @@ def test_openai_chat_logprobs_reach_the_client(oai):
     plain = oai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
                                         max_tokens=5, temperature=0)
     assert plain.choices[0].logprobs is None
+
+
+def test_empty_messages_are_a_clean_400_in_both_formats(oai, claude):
+    """Regression: ``messages: []`` answered with the chat template's own error text."""
+    with pytest.raises(anthropic.BadRequestError) as err:
+        claude.messages.create(model="tiny", max_tokens=4, system="be brief", messages=[])
+    assert err.value.body["error"] == {"type": "invalid_request_error",
+                                       "message": "messages: at least one message is required"}
+    with pytest.raises(anthropic.BadRequestError, match="at least one message"):
+        claude.messages.count_tokens(model="tiny", messages=[])
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.chat.completions.create(model="tiny", messages=[])
+    assert bad.value.body["param"] == "messages" and "template" not in bad.value.body["message"]
