@@ -197,6 +197,9 @@ def _parse_tools(value: Any) -> list[Tool]:
     for i, raw in enumerate(expect_list(value or [], "tools")):
         tool = expect_dict(raw, f"tools.{i}")
         schema = tool.get("input_schema")
+        if schema is None and tool.get("type", "custom") == "custom":  # typed (server) tools carry no schema
+            raise InvalidRequestError(f"'tools.{i}.input_schema' is required for custom tools.",
+                                      param=f"tools.{i}.input_schema")
         tools.append(Tool(
             name=expect_str(tool.get("name"), f"tools.{i}.name"),
             description=tool.get("description") if isinstance(tool.get("description"), str) else None,

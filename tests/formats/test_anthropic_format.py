@@ -124,6 +124,10 @@ def test_images_base64_and_url_and_tool_result_with_image():
     ({"model": "m", "max_tokens": 5, "messages": [], "thinking": {}}, "thinking.type"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "no type"}]}]},
      "messages.0.content.0.type"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "tools": [{"name": "f", "input_schema": {"type": "object"}},
+                                                                {"name": "g"}]}, "tools.1.input_schema"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "tools": [{"type": "custom", "name": "f"}]},
+     "tools.0.input_schema"),
 ])
 def test_bad_requests_name_the_field(body, param):
     with pytest.raises(InvalidRequestError) as err:
@@ -305,3 +309,10 @@ def test_newer_thinking_modes_and_output_config():
     assert built["thinking"] == body["thinking"] and built["output_config"] == body["output_config"]
     between = parse(msg({"role": "user", "content": "x"}, thinking={"type": "between_tools"}))
     assert between.reasoning.enabled and fmt.build_upstream_chat(between).body["thinking"] == {"type": "between_tools"}
+
+
+def test_typed_server_tools_need_no_input_schema():
+    """Anthropic requires ``input_schema`` for custom tools only; versioned server tools have none."""
+    req = parse(msg({"role": "user", "content": "x"},
+                    tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]))
+    assert req.tools[0].name == "web_search" and req.tools[0].extra["type"] == "web_search_20250305"
