@@ -195,7 +195,24 @@ def _assign(doc: Any, parts: list[str | int], value: Any, key: str) -> None:
         else:
             raise ConfigError(f"{key}: index {last} is past the end ({len(node)} entries)")
         return
-    node[last] = value
+    _set_key(node, last, value)
+
+
+def _set_key(node: Any, name: str, value: Any) -> None:
+    """``node[name] = value``; a new plain key goes right after the table's last plain key.
+
+    tomlkit appends at the end of the table's body, i.e. after its trailing comments, which in the starter
+    file put ``server.api_key`` under the commented-out ``# [[routes]]`` example.
+    """
+    if name in node or not isinstance(node, Table) or isinstance(value, dict):
+        node[name] = value
+        return
+    body = node.value.body
+    plain = [key for key, item in body if key is not None and not isinstance(item, Table | AoT)]
+    if not plain:
+        node[name] = value
+        return
+    node.value._insert_after(plain[-1], name, tomlkit.item(value))  # no public "insert after" in tomlkit
 
 
 def _is_secret(parts: list[str | int]) -> bool:

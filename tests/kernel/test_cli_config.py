@@ -113,3 +113,20 @@ def test_set_checks_formats_against_installed_plugins_and_warns_on_unknown_keys(
     assert not (_isolated_config / "config.toml").exists()
     code, _, err = run(capsys, "config", "set", "server.prot", "1")
     assert code == 0 and "unknown key 'server.prot'" in err
+
+
+def test_set_new_key_lands_after_the_tables_last_key_not_after_its_trailing_comments(capsys, _isolated_config):
+    """Regression: ``server.api_key`` was appended under the starter's commented ``# [[routes]]`` example."""
+    run(capsys, "init")
+    path = _isolated_config / "config.toml"
+    assert run(capsys, "config", "set", "server.api_key", "gw-secret")[0] == 0
+    assert run(capsys, "config", "set", "auto_router.model", "qwen")[0] == 0
+    lines = path.read_text().splitlines()
+    at = lines.index('api_key = "gw-secret"')
+    assert lines[at - 1].startswith("rate_limit = 0") and lines[at + 1].startswith("# api_key = ")
+    assert lines[lines.index("[auto_router]") + 2] == 'model = "qwen"'
+    comments = [line for line in STARTER_CONFIG.splitlines() if line.lstrip().startswith("#")]
+    assert [line for line in lines if line.lstrip().startswith("#")] == comments
+    settings = load_settings().settings
+    assert settings.server.api_key.get_secret_value() == "gw-secret" and settings.server.port == 8000
+    assert settings.auto_router.model == "qwen"
