@@ -208,11 +208,13 @@ def _set_key(node: Any, name: str, value: Any) -> None:
         node[name] = value
         return
     body = node.value.body
-    plain = [key for key, item in body if key is not None and not isinstance(item, Table | AoT)]
-    if not plain:
+    plain = [i for i, (key, item) in enumerate(body) if key is not None and not isinstance(item, Table | AoT)]
+    if not plain or plain[-1] + 1 >= len(body):
         node[name] = value
         return
-    node.value._insert_after(plain[-1], name, tomlkit.item(value))  # no public "insert after" in tomlkit
+    # tomlkit has no public "insert at"; _insert_at exists in every version since 0.11 (_insert_after is
+    # gone in 0.15)
+    node.value._insert_at(plain[-1] + 1, name, tomlkit.item(value))
 
 
 def _is_secret(parts: list[str | int]) -> bool:
