@@ -17,6 +17,11 @@ Per-request sampling stays per row: a batch whose rows are all greedy without lo
 with one ``argmax``; otherwise each row's processors (penalties, logit bias, JSON-schema constraints) and
 sampler (own PRNG key) run on its own logits row. A batch of one row keeps the job's own ``KVCache``
 (no padding masks), so a single stream runs the same code as the unbatched engine.
+
+With a ``CompiledDecoder`` (``compiled.py``: models whose layers are plain ``KVCache``s), the rows' KV
+lives in a ``StaticBatchCache`` instead, and each step is one call of the model's compiled step function
+(the same arithmetic, replayed without rebuilding the graph in Python). Rows joining rebuild that cache
+with the new rows right-aligned; rows leaving are filtered out of it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from higgs_mlx.compiled import CompiledDecoder
     from higgs_mlx.engine import Job
 
 log = logging.getLogger(__name__)
@@ -37,14 +43,47 @@ def can_batch(cache: list[Any]) -> bool:
     return bool(cache) and all(callable(getattr(type(c), "merge", None)) for c in cache)
 
 
+def check_batching(model: Any, prompts: list[list[int]], steps: int = 3) -> str | None:
+    """Decode ``prompts`` (different lengths) together through mlx-lm's batch caches, fed the tokens of
+    one-by-one decoding; None when every step's log-probabilities agree, else why not. Some of mlx-lm's
+    attention code does not take batch masks (gemma2 reshapes queries to 5 dimensions, so a ``(B, 1, 1, S)``
+    mask lands on the heads axis)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache
+
+    from higgs_mlx.compiled import solo_reference
+
+    reference = solo_reference(model, prompts, steps)
+    cache = []
+    for layer in range(len(reference.rows[0])):
+        parts = []
+        for row in reference.rows:
+            c = KVCache()  # type: ignore[no-untyped-call]
+            c.keys, c.values = row[layer]
+            c.offset = int(c.keys.shape[2])
+            parts.append(c)
+        cache.append(type(parts[0]).merge(parts))  # type: ignore[no-untyped-call]
+
+    def step(tokens: Any) -> Any:
+        logits = model(tokens[:, None], cache=cache)[:, -1, :]
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+    try:
+        return reference.mismatch(step, "batched steps'")
+    except Exception as err:
+        return f"its attention fails on batch caches ({type(err).__name__}: {err})"
+
+
 class DecodeBatch:
     """The decoding rows of one model."""
 
-    def __init__(self, finish_row: Callable[[Job, int, Any], bool]) -> None:
+    def __init__(self, finish_row: Callable[[Job, int, Any], bool], decoder: CompiledDecoder | None = None) -> None:
         #: ``(job, token, logprobs row) -> finished?``: emits the token (the engine's bookkeeping).
         self._finish_row = finish_row
+        #: The model's compiled step; with it the KV lives in a ``StaticBatchCache`` (``self.cache``).
+        self.decoder = decoder
         self.rows: list[Job] = []
-        self.cache: list[Any] | None = None
+        self.cache: Any = None  # list of mlx-lm cache layers, or a StaticBatchCache with a decoder
         self.batched = False  # False: one row on its own KVCache
         self.tokens: Any = None  # pending tokens, shape (B,)
         self.logprobs: Any = None  # their log-probabilities, shape (B, vocab)
@@ -69,6 +108,8 @@ class DecodeBatch:
 
     def kv_bytes(self) -> int:
         """Bytes held by the batch's caches."""
+        if self.decoder is not None:
+            return self.cache.nbytes if self.cache is not None else 0
         total = 0
         for c in self.cache or ():
             try:
@@ -134,6 +175,9 @@ class DecodeBatch:
     def _merge_joiners(self) -> None:
         import mlx.core as mx
 
+        if self.decoder is not None:
+            self._merge_static()
+            return
         groups, self._groups = self._groups, []
         grouped = {id(job) for jobs, *_ in groups for job in jobs}
         joiners, self._joining = [j for j in self._joining if id(j) not in grouped], []
@@ -174,6 +218,42 @@ class DecodeBatch:
             job.cache = None  # the batch owns it now
             self.rows.append(job)
 
+    def _merge_static(self) -> None:
+        """Joiners into the ``StaticBatchCache``: every row's KV right-aligned again in new buffers."""
+        import mlx.core as mx
+
+        from higgs_mlx.compiled import StaticBatchCache, rows_from_kv_caches
+
+        groups, self._groups = self._groups, []
+        grouped = {id(job) for jobs, *_ in groups for job in jobs}
+        joiners, self._joining = [j for j in self._joining if id(j) not in grouped], []
+        kv = self.cache.rows() if self.cache is not None else []
+        tokens = [self.tokens] if self.tokens is not None else []
+        logprobs = [self.logprobs] if self.logprobs is not None else []
+        for jobs, cache, y, lp in groups:
+            keep = [i for i, job in enumerate(jobs) if not job.cancelled]
+            if not keep:
+                continue
+            kv += [rows_from_kv_caches([c.extract(i) for c in cache]) for i in keep]
+            index = mx.array(keep)
+            tokens.append(y[index])
+            logprobs.append(lp[index])
+            self.rows.extend(jobs[i] for i in keep)
+        for job in joiners:
+            y, lp = job.pending
+            job.pending = None
+            kv.append(rows_from_kv_caches(job.cache))
+            job.cache = None  # the batch owns it now
+            tokens.append(y)
+            logprobs.append(lp[None])
+            self.rows.append(job)
+        if not kv:
+            return
+        self.cache = StaticBatchCache.from_rows(kv)
+        self.batched = True
+        self.tokens = tokens[0] if len(tokens) == 1 else mx.concatenate(tokens)
+        self.logprobs = logprobs[0] if len(logprobs) == 1 else mx.concatenate(logprobs)
+
     def _filter(self, keep: list[int]) -> None:
         import mlx.core as mx
 
@@ -182,6 +262,9 @@ class DecodeBatch:
         self.tokens = self.tokens[index]
         self.logprobs = self.logprobs[index]
         assert self.cache is not None
+        if self.decoder is not None:
+            self.cache.filter(keep)
+            return
         if len(keep) == 1 and self.batched:
             # Back to one stream: its own plain cache, no padding masks per step.
             self.cache = [c.extract(keep[0]) for c in self.cache]
@@ -192,7 +275,13 @@ class DecodeBatch:
 
     def _forward(self, tokens: Any) -> tuple[Any, Any]:
         """The model on the pending tokens -> (next tokens ``(B,)``, log-probabilities ``(B, vocab)``)."""
-        logits = self.rows[0].lm.model(tokens[:, None], cache=self.cache)[:, -1, :]
+        if self.decoder is not None:
+            if all(not job.processors and getattr(job.sampler, "greedy", False) for job in self.rows):
+                y, logprobs = self.decoder(self.cache, tokens, "greedy")
+                return y, logprobs
+            (logits,) = self.decoder(self.cache, tokens, "logits")
+        else:
+            logits = self.rows[0].lm.model(tokens[:, None], cache=self.cache)[:, -1, :]
         return sample_rows(self.rows, logits, tokens)
 
 

@@ -35,13 +35,16 @@ from higgs.errors import ApiError
 from higgs.messages import StopReason
 
 from higgs_mlx.batching import DecodeBatch, can_batch, prefill_group
-from higgs_mlx.loader import LoadedModel
+from higgs_mlx.loader import LoadedModel, on_cpu
 from higgs_mlx.prefix_cache import PrefixCache
 from higgs_mlx.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
 #: Defaults of the scheduler's knobs (``[server]`` keys of the same names; see docs/engine.md).
+#: Prompt tokens per prefill call while nothing else decodes: mlx-lm's prefill step. On a GPU a 2048-token
+#: call runs about twice the tokens/s of a 512-token one (fewer, fuller kernels).
+DEFAULT_PREFILL_CHUNK = 2048
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
@@ -145,9 +148,11 @@ class _Call:
 class Engine:
     """Owns the MLX thread and the scheduler over active jobs."""
 
-    def __init__(self, prefill_chunk: int = 512, *, batch: bool = True, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_queue: int = DEFAULT_MAX_QUEUE, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-                 interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL) -> None:
+    def __init__(self, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, *, batch: bool = True,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+                 interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
+                 compiled_decode: bool | None = None) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming).
@@ -171,6 +176,12 @@ class Engine:
         #: Most padded prompt tokens prefilled together in one call.
         self.group_prefill = group_prefill
         self.grouped_prefills = 0
+        #: Batched decode steps through the model's compiled step function where the model allows it
+        #: (None: on a GPU, off on MLX's CPU backend, where the step is bound by the kernels, not the host).
+        self.compiled_decode = compiled_decode
+        self._prepared: dict[int, tuple[bool, Any]] = {}
+        #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
+        self.eager_reasons: dict[str, str] = {}
         self._thread = threading.Thread(target=self._main, name="higgs-mlx-engine", daemon=True)
         self._stream: Any = None
         self._started = False
@@ -248,6 +259,7 @@ class Engine:
             "max_queue": self.max_queue,
             "rejected_requests": self.rejected,
             "grouped_prefills": self.grouped_prefills,
+            "compiled_decode_models": sum(1 for _, d in self._prepared.values() if d is not None),
             "kv_cache_bytes": kv,
             **self.prefix.state(),
             "completed_requests": self.completed,
@@ -355,7 +367,7 @@ class Engine:
                     if budget > 0:
                         budget -= self._prefill(job, budget, chunk)
                         if not job.prefilling and self._batching(job):
-                            self._batches.setdefault(id(job.lm), DecodeBatch(self._emit_row)).join(job)
+                            self._batch_for(job.lm).join(job)
                             job.in_batch = True
                 else:
                     self._decode(job)
@@ -416,12 +428,52 @@ class Engine:
             for job in jobs:
                 job.pos, job.prefilling, job.cache, job.in_batch = len(job.prompt), False, None, True
                 used += len(job.prompt)
-            self._batches.setdefault(id(jobs[0].lm), DecodeBatch(self._emit_row)).join_group(jobs, cache, y, logprobs)
+            self._batch_for(jobs[0].lm).join_group(jobs, cache, y, logprobs)
         return used
+
+    def _batch_for(self, lm: LoadedModel) -> DecodeBatch:
+        batch = self._batches.get(id(lm))
+        if batch is None:
+            batch = self._batches[id(lm)] = DecodeBatch(self._emit_row, self.decoder(lm))
+        return batch
+
+    def decoder(self, lm: LoadedModel) -> Any:
+        """The model's ``CompiledDecoder`` (checked against eager decoding once), or None to decode eagerly."""
+        return self.prepare(lm)[1]
+
+    def prepare(self, lm: LoadedModel) -> tuple[bool, Any]:
+        """Check once per model whether it decodes correctly in a batch and with compiled steps:
+        ``(batches, compiled decoder or None)``. Reasons for "no" are logged and kept in ``eager_reasons``.
+
+        Call on the engine thread; the provider calls it when a model is loaded, so the checks and the first
+        trace happen before the first request."""
+        key = id(lm.model)
+        if key not in self._prepared:
+            from higgs_mlx import compiled
+            from higgs_mlx.batching import check_batching
+
+            vocab = int(lm.config.get("vocab_size") or 256)
+            prompts = [[(7 * i + 3) % vocab for i in range(12)], [(5 * i + 11) % vocab for i in range(7)]]
+            plain = compiled.supported(lm.model) is None  # the checks below need plain KVCache layers
+            batch_reason = check_batching(lm.model, prompts) if plain else None
+            if batch_reason:
+                log.warning("%s decodes one request at a time: %s", lm.name, batch_reason)
+                self.eager_reasons[lm.name] = batch_reason
+            decoder = None
+            if not batch_reason and (self.compiled_decode if self.compiled_decode is not None else not on_cpu()):
+                reason = compiled.check(lm.model, prompts)
+                if reason is None:
+                    decoder = compiled.CompiledDecoder(lm.model)
+                else:
+                    self.eager_reasons[lm.name] = reason
+                    log.info("compiled decode steps off for %s: %s", lm.name, reason)
+            self._prepared[key] = (batch_reason is None, decoder)
+        return self._prepared[key]
 
     def _batching(self, job: Job) -> bool:
         """Whether ``job`` decodes in its model's batch."""
-        return self._batch_models.get(id(job.lm), self.batch) and can_batch(job.cache)
+        return (self._batch_models.get(id(job.lm), self.batch) and can_batch(job.cache)
+                and self.prepare(job.lm)[0])
 
     def _emit_row(self, job: Job, token: int, logprobs: Any) -> bool:
         """A batch row's token -> the job's outputs; True when the job finished."""

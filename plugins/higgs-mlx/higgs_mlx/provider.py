@@ -129,6 +129,7 @@ class MlxProvider(Provider):
         lm = load_model_dir(path, self.ctx.architectures, name=name, aliases=aliases)
         self.engine.configure_model(lm, batch=entry.batch)
         warm_up(lm)
+        self.engine.prepare(lm)  # check batching and trace the compiled decode step now, not at the first request
         return lm
 
     def _load_default(self) -> LoadedModel:
@@ -137,6 +138,7 @@ class MlxProvider(Provider):
         path = ensure_default_model()
         lm = load_model_dir(path, self.ctx.architectures, name=DEFAULT_MODEL_NAME, aliases=(DEFAULT_ALIAS, str(path)))
         warm_up(lm)
+        self.engine.prepare(lm)
         return lm
 
     def _register(self, lm: LoadedModel) -> None:
@@ -432,8 +434,8 @@ class MlxProvider(Provider):
 
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
-    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``group_prefill`` and
-    ``prefix_cache_mb`` (0 turns the prefix cache off)."""
+    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``group_prefill``,
+    ``compiled_decode`` (true/false) and ``prefix_cache_mb`` (0 turns the prefix cache off)."""
     from higgs_mlx import engine as engine_mod
 
     options: dict[str, Any] = {}
@@ -445,6 +447,11 @@ def engine_options(server: Any) -> dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_queue" else 1):
                 raise ModelLoadError(f"[server] {key} must be a positive integer, not {value!r}")
             options[key] = value
+    compiled = getattr(server, "compiled_decode", None)
+    if compiled is not None:
+        if not isinstance(compiled, bool):
+            raise ModelLoadError(f"[server] compiled_decode must be true or false, not {compiled!r}")
+        options["compiled_decode"] = compiled
     mb = getattr(server, "prefix_cache_mb", None)
     if mb is not None:
         if not isinstance(mb, (int, float)) or isinstance(mb, bool) or mb < 0:

@@ -32,11 +32,13 @@ def tiny_llama_no_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             chat_template=None)
 
 
-@pytest.fixture
-async def provider(tiny_llama: Path, tiny_llama_raw: Path, tiny_llama_no_template: Path
-                   ) -> AsyncIterator[MlxProvider]:
-    """A started provider serving ``tiny`` , ``raw`` and ``plain`` (no chat template)."""
-    p = make_provider([(tiny_llama, "tiny"), (tiny_llama_raw, "raw"), (tiny_llama_no_template, "plain")])
+@pytest.fixture(params=["eager", "compiled"])
+async def provider(request: pytest.FixtureRequest, tiny_llama: Path, tiny_llama_raw: Path,
+                   tiny_llama_no_template: Path) -> AsyncIterator[MlxProvider]:
+    """A started provider serving ``tiny`` , ``raw`` and ``plain`` (no chat template), once with eager decode
+    steps (the CPU default) and once with compiled ones (the GPU default, ``higgs_mlx.compiled``)."""
+    p = make_provider([(tiny_llama, "tiny"), (tiny_llama_raw, "raw"), (tiny_llama_no_template, "plain")],
+                      compiled_decode=request.param == "compiled")
     await p.start()
     try:
         yield p

@@ -52,9 +52,9 @@ async def _run(engine: Engine, specs: list[tuple[str, list[int], int, Sampling |
     return tokens
 
 
-@pytest.fixture
-async def batch_provider(tiny_llama: Path):
-    p = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0)
+@pytest.fixture(params=["eager", "compiled"])
+async def batch_provider(request: pytest.FixtureRequest, tiny_llama: Path):
+    p = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0, compiled_decode=request.param == "compiled")
     await p.start()
     try:
         yield p

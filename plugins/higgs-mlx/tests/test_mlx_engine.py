@@ -415,3 +415,14 @@ async def test_long_prefill_does_not_stall_a_decoding_request(provider):
     names = [name for name, _ in events]
     short_done = next(i for i, (n, item) in enumerate(events) if n == "short" and isinstance(item, Done))
     assert short_done < names.index("long"), "the short request waited for the long prompt's prefill"
+
+
+async def test_compiled_decode_steps_are_used_when_on(provider):
+    """``compiled_decode`` on: every tiny llama decodes through its compiled step (checked at load)."""
+    engine = provider.engine
+    decoders = [engine.decoder(lm) for lm in provider.models]
+    if engine.compiled_decode:
+        assert all(d is not None for d in decoders) and not engine.eager_reasons
+        assert engine.state()["compiled_decode_models"] == len(provider.models)
+    else:
+        assert decoders == [None] * len(provider.models)

@@ -1,0 +1,291 @@
+"""Compiled decode steps: one ``mx.compile``-d function per model runs a whole batched decode step.
+
+Why: on a GPU a decode step of a small model is bound by host work, not by the device. mlx-lm's eager step
+rebuilds the model's graph in Python for every token (about 0.8 ms for a 16-layer 1B model on an H100
+host) and MLX then encodes each of its few hundred small kernels. A compiled step is traced once per input
+shape; later calls replay the traced graph from C++, with elementwise chains fused into single kernels.
+
+What it needs: a graph whose shapes do not change from token to token. mlx-lm's ``KVCache`` returns
+``keys[..., :offset, :]``, a new shape at every step, so the compiled step keeps its own cache instead
+(``StaticBatchCache``): per layer, fixed-capacity buffers ``(B, heads, capacity, dim)`` with every row's
+positions right-aligned at a shared write index, a per-row left padding, and a mask over the whole
+capacity. The write index and the padding are arrays, so the trace is reused until the capacity grows
+(in steps, ``capacity()``) or the number of rows changes.
+
+Which models: those whose every cache layer is a plain ``KVCache`` and whose attention takes mlx-lm's
+cache protocol (``offset`` for RoPE, ``update_and_fetch``, ``make_mask``). ``check()`` runs a few steps of
+both ways on the loaded model at start-up and keeps the compiled step only when it traces and reproduces
+the eager step's tokens; otherwise (sliding windows, SSM layers, a model that reads ``cache.offset`` as a
+Python number) the engine decodes eagerly, and the reason is logged once.
+
+mlx is imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Buffer positions are allocated in multiples of this (and of an eighth of the length beyond 2k tokens).
+CAPACITY_STEP = 256
+#: Free positions kept ahead of the write index when a cache is (re)built: the step is retraced at most
+#: once per this many tokens of a long generation.
+HEADROOM = 512
+
+#: One row's KV: per layer, ``(keys, values)`` of shape ``(1, heads, length, dim)``.
+RowKV = list[tuple[Any, Any]]
+
+
+def capacity(n: int) -> int:
+    """Buffer positions for ``n`` tokens: a multiple of 256, coarser for long contexts (at most 1/8 wasted),
+    so the number of distinct shapes (and traces) stays small."""
+    step = max(CAPACITY_STEP, (1 << max(0, n.bit_length() - 1)) // 8)
+    return max(step, -(-n // step) * step)
+
+
+class _LayerView:
+    """mlx-lm's cache protocol for one attention layer inside the compiled step."""
+
+    def __init__(self, keys: Any, values: Any, start: Any, offset: Any, mask: Any) -> None:
+        self.keys, self.values = keys, values
+        self.offset = offset  # (B,) positions of the new token, for RoPE
+        self._start = start
+        self._mask = mask
+
+    def update_and_fetch(self, keys: Any, values: Any) -> tuple[Any, Any]:
+        import mlx.core as mx
+
+        self.keys = mx.slice_update(self.keys, keys, self._start, axes=(2,))
+        self.values = mx.slice_update(self.values, values, self._start, axes=(2,))
+        return self.keys, self.values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> Any:
+        if n != 1 or window_size is not None:
+            raise NotImplementedError("compiled decode steps take one token per row and no sliding window")
+        return self._mask
+
+
+class StaticBatchCache:
+    """The KV of ``B`` decoding rows in fixed-capacity buffers.
+
+    Row ``r`` holds its positions at ``[left[r], write)`` of every layer's buffers; the next token of every
+    row is written at ``write``. Attributes are plain Python values except the buffers.
+    """
+
+    def __init__(self, keys: list[Any], values: list[Any], write: int, left: list[int]) -> None:
+        self.keys = keys
+        self.values = values
+        self.write = write
+        self.left = left
+        self._left_array: Any = None
+
+    def left_array(self) -> Any:
+        """``left`` as an ``int32`` array (made once per change of the rows)."""
+        import mlx.core as mx
+
+        if self._left_array is None:
+            self._left_array = mx.array(self.left, dtype=mx.int32)
+        return self._left_array
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(k.nbytes) + int(v.nbytes) for k, v in zip(self.keys, self.values, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[RowKV], headroom: int = HEADROOM) -> StaticBatchCache:
+        """Right-align each row's KV at a common write index in new buffers."""
+        import mlx.core as mx
+
+        lengths = [int(row[0][0].shape[2]) for row in rows]
+        write = max(lengths)
+        cap = capacity(write + headroom)
+        left = [write - n for n in lengths]
+        keys: list[Any] = []
+        values: list[Any] = []
+        for layer in range(len(rows[0])):
+            for out, which in ((keys, 0), (values, 1)):
+                parts = []
+                for row, pad in zip(rows, left, strict=True):
+                    x = row[layer][which]
+                    b, h, _, d = x.shape
+                    pieces = [x, mx.zeros((b, h, cap - write, d), x.dtype)]
+                    if pad:
+                        pieces.insert(0, mx.zeros((b, h, pad, d), x.dtype))
+                    parts.append(mx.concatenate(pieces, axis=2))
+                out.append(parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0))
+        return cls(keys, values, write, left)
+
+    def rows(self) -> list[RowKV]:
+        """Each row's KV (its valid positions only), e.g. to rebuild the cache with more rows."""
+        return [[(k[r : r + 1, :, pad : self.write, :], v[r : r + 1, :, pad : self.write, :])
+                 for k, v in zip(self.keys, self.values, strict=True)]
+                for r, pad in enumerate(self.left)]
+
+    def filter(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` (in that order)."""
+        import mlx.core as mx
+
+        index = mx.array(keep)
+        self.keys = [k[index] for k in self.keys]
+        self.values = [v[index] for v in self.values]
+        self.left = [self.left[i] for i in keep]
+        self._left_array = None
+
+    def ensure_room(self) -> None:
+        """Grow the buffers when the next write would not fit (a new shape: the step is traced again)."""
+        import mlx.core as mx
+
+        if self.write < self.capacity:
+            return
+        cap = capacity(self.write + HEADROOM)
+        grow = cap - self.capacity
+
+        def wider(x: Any) -> Any:
+            b, h, _, d = x.shape
+            return mx.concatenate([x, mx.zeros((b, h, grow, d), x.dtype)], axis=2)
+
+        self.keys = [wider(k) for k in self.keys]
+        self.values = [wider(v) for v in self.values]
+
+
+def rows_from_kv_caches(caches: Sequence[Any]) -> RowKV:
+    """One row's KV from a list of plain ``KVCache`` layers."""
+    return [(c.keys[..., : c.offset, :], c.values[..., : c.offset, :]) for c in caches]
+
+
+class CompiledDecoder:
+    """The compiled decode step of one model (``mode`` picks what it returns; each is its own trace)."""
+
+    def __init__(self, model: Any) -> None:
+        import mlx.core as mx
+
+        self.model = model
+        self._steps = {mode: mx.compile(self._make_step(mode)) for mode in ("greedy", "logits")}
+
+    def _make_step(self, mode: str) -> Any:
+        import mlx.core as mx
+
+        def step(tokens: Any, write: Any, left: Any, *buffers: Any) -> tuple[Any, ...]:
+            half = len(buffers) // 2
+            positions = mx.arange(buffers[0].shape[2])
+            mask = ((positions[None] >= left[:, None]) & (positions[None] <= write))[:, None, None, :]
+            offset = write - left
+            start = write.reshape(1)
+            views = [_LayerView(buffers[i], buffers[half + i], start, offset, mask) for i in range(half)]
+            logits = self.model(tokens[:, None], cache=views)[:, -1, :]
+            if mode == "greedy":  # the same arithmetic as the eager path (and mlx-lm's generate_step)
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                head: tuple[Any, ...] = (mx.argmax(logprobs, axis=-1), logprobs)
+            else:
+                head = (logits,)
+            return head + tuple(v.keys for v in views) + tuple(v.values for v in views)
+
+        return step
+
+    def __call__(self, cache: StaticBatchCache, tokens: Any, mode: str) -> tuple[Any, ...]:
+        """Run one step on ``tokens`` ``(B,)``: the cache's buffers are replaced by the step's outputs and
+        its write index advances. Returns ``(next tokens, logprobs)`` for ``greedy``, ``(logits,)`` else."""
+        import mlx.core as mx
+
+        cache.ensure_room()
+        n = len(cache.keys)
+        out = self._steps[mode](tokens, mx.array(cache.write, dtype=mx.int32), cache.left_array(),
+                                *cache.keys, *cache.values)
+        head = len(out) - 2 * n
+        cache.keys, cache.values = list(out[head : head + n]), list(out[head + n :])
+        cache.write += 1
+        return tuple(out[:head])
+
+
+def supported(model: Any) -> str | None:
+    """Why ``model`` cannot use compiled decode steps (None when its cache layers allow it)."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    kinds = sorted({type(c).__name__ for c in cache if type(c) is not KVCache})
+    if not cache or kinds:
+        return f"its cache layers ({', '.join(kinds) or 'none'}) are not plain KVCache"
+    return None
+
+
+#: Largest difference allowed between a batched (or compiled) step's log-probabilities and the solo eager
+#: step's, as a fraction of the solo row's spread (max - min). Rounding of batched or fused kernels stays
+#: far below it (0 on the CPU, a few thousandths in bfloat16); a mask or position on the wrong axis does not
+#: (gemma2's batch mask: a quarter of the spread).
+TOLERANCE = 0.02
+
+
+@dataclass
+class Reference:
+    """Prompts decoded one by one with mlx-lm's own cache and eager steps (the checks' reference)."""
+
+    rows: list[RowKV]  # each prompt's KV right after its prefill (copies)
+    inputs: list[Any]  # per step, the ``(B,)`` tokens fed (the solo greedy tokens)
+    logprobs: list[Any]  # per step, the ``(B, vocab)`` log-probabilities the solo runs computed
+
+    def mismatch(self, step: Callable[[Any], Any], what: str) -> str | None:
+        """Feed ``step`` the reference's tokens (``(B,)`` -> ``(B, vocab)`` log-probabilities); None when
+        every step agrees with the solo runs within ``TOLERANCE``, else a description of the worst step."""
+        import mlx.core as mx
+
+        for n, (tokens, want) in enumerate(zip(self.inputs, self.logprobs, strict=True)):
+            got = step(tokens).astype(mx.float32)
+            want = want.astype(mx.float32)
+            error = mx.abs(got - want).max(axis=-1)
+            spread = want.max(axis=-1) - want.min(axis=-1)
+            bad: list[bool] = (error > TOLERANCE * spread + 1e-4).tolist()
+            if any(bad):
+                row = bad.index(True)
+                return (f"{what} log-probabilities differ from one-row decoding by {error[row].item():.3g} "
+                        f"(spread {spread[row].item():.3g}) at step {n + 1}, row {row + 1}")
+        return None
+
+
+def solo_reference(model: Any, prompts: Sequence[list[int]], steps: int) -> Reference:
+    """Decode each prompt greedily on its own for ``steps`` tokens (mlx-lm's ``KVCache``, eager steps)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    rows: list[RowKV] = []
+    inputs: list[list[Any]] = [[] for _ in range(steps)]
+    logprobs: list[list[Any]] = [[] for _ in range(steps)]
+    for prompt in prompts:
+        cache = make_prompt_cache(model)
+        logits = model(mx.array(prompt)[None], cache=cache)[:, -1, :]
+        token = mx.argmax(logits, axis=-1)
+        mx.eval(token, [c.state for c in cache])
+        rows.append([(mx.array(k), mx.array(v)) for k, v in rows_from_kv_caches(cache)])  # the run goes on
+        for n in range(steps):
+            inputs[n].append(token)
+            logits = model(token[:, None], cache=cache)[:, -1, :]
+            lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            logprobs[n].append(lp)
+            token = mx.argmax(lp, axis=-1)
+        mx.eval(logprobs)
+    return Reference(rows, [mx.concatenate(t) for t in inputs], [mx.concatenate(lp) for lp in logprobs])
+
+
+def check(model: Any, prompts: Sequence[list[int]], steps: int = 3) -> str | None:
+    """Decode ``prompts`` (one row each, of different lengths) together with the compiled step, fed the
+    tokens of one-by-one eager decoding; None when every step's log-probabilities agree, else why not."""
+    reason = supported(model)
+    if reason:
+        return reason
+    reference = solo_reference(model, prompts, steps)
+    try:
+        decoder = CompiledDecoder(model)
+        static = StaticBatchCache.from_rows(reference.rows)
+        return reference.mismatch(lambda tokens: decoder(static, tokens, "greedy")[1], "compiled steps'")
+    except Exception as err:  # the model's attention does not take this cache
+        return f"its attention does not trace with a fixed-size cache ({type(err).__name__}: {err})"

@@ -1,0 +1,153 @@
+"""Compiled decode steps (``higgs_mlx.compiled``) and the per-model checks that decide batching and compiling."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from higgs.messages import Sampling
+from higgs.specs import ArchitectureSpec
+
+from higgs_mlx import compiled
+from higgs_mlx.batching import check_batching
+from higgs_mlx.engine import Chunk, Done, Engine, Failed, Job
+from higgs_mlx.loader import load_model_dir
+from higgs_mlx.sampling import RequestSampler
+from higgs_mlx.testing import TINY_CONFIGS, build_tiny_model
+
+PROMPTS = [[(7 * i + 3) % 300 for i in range(12)], [(5 * i + 11) % 300 for i in range(7)]]
+
+
+def test_capacity_is_a_multiple_of_256_and_coarser_for_long_contexts():
+    assert [compiled.capacity(n) for n in (1, 256, 257, 2047, 2048, 2049, 5000)] == [
+        256, 256, 512, 2048, 2048, 2304, 5120]
+    for n in range(1, 70_000, 997):  # never less than asked, at most 1/8 (or 256 positions) more
+        cap = compiled.capacity(n)
+        assert n <= cap <= max(n + 255, n * 9 // 8 + 1)
+
+
+def _row(length: int, seed: int, layers: int = 2) -> list[tuple[Any, Any]]:
+    key = mx.random.key(seed)
+    return [(mx.random.normal((1, 2, length, 4), key=mx.random.split(key, 2)[0]) + layer,
+             mx.random.normal((1, 2, length, 4), key=mx.random.split(key, 2)[1]) - layer)
+            for layer in range(layers)]
+
+
+def test_static_cache_right_aligns_rows_and_keeps_them_through_filter_and_growth():
+    rows = [_row(5, 1), _row(9, 2), _row(1, 3)]
+    cache = compiled.StaticBatchCache.from_rows(rows, headroom=3)
+    assert (cache.write, cache.left, cache.capacity) == (9, [4, 0, 8], 256)
+    assert cache.keys[0].shape == (3, 2, 256, 4)
+    assert float(mx.abs(cache.keys[1][0, :, :4]).sum()) == 0  # left padding is zeros
+    for got, want in zip(cache.rows(), rows, strict=True):
+        for (gk, gv), (wk, wv) in zip(got, want, strict=True):
+            assert mx.array_equal(gk, wk) and mx.array_equal(gv, wv)
+    cache.filter([2, 0])
+    assert cache.left == [8, 4] and cache.keys[0].shape[0] == 2
+    assert mx.array_equal(cache.rows()[1][1][0], rows[0][1][0])
+    cache.write = cache.capacity  # the next write would not fit: the buffers grow, the content stays
+    before = cache.rows()
+    cache.ensure_room()
+    assert cache.capacity > 256
+    for got, want in zip(cache.rows(), before, strict=True):
+        assert all(mx.array_equal(g[0], w[0]) for g, w in zip(got, want, strict=True))
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("arch-models")
+    return {model_type: build_tiny_model(model_type, root / model_type) for model_type in sorted(TINY_CONFIGS)}
+
+
+def _load(path: Path) -> Any:
+    from mlx_lm import load
+
+    return load(str(path))[0]
+
+
+def test_which_architectures_batch_and_compile(tiny_models: dict[str, Path]):
+    """Every family with plain KV caches batches and compiles, except gemma2: its attention reshapes the
+    queries to five dimensions, where mlx-lm's ``(B, 1, 1, S)`` batch mask lands on the heads axis."""
+    batching, compiling = {}, {}
+    for model_type, path in tiny_models.items():
+        model = _load(path)
+        plain = compiled.supported(model) is None
+        batching[model_type] = check_batching(model, PROMPTS) if plain else "not plain"
+        compiling[model_type] = compiled.check(model, PROMPTS, steps=6)
+    assert {m for m, r in batching.items() if r} == {"gemma2", "qwen3_next"}
+    assert "differ from one-row decoding" in batching["gemma2"]
+    assert "ArraysCache" in (compiling["qwen3_next"] or "")
+    assert {m for m, r in compiling.items() if r} == {"gemma2", "qwen3_next"}
+    # one row alone, the compiled step reproduces even gemma2's eager tokens
+    assert compiled.check(_load(tiny_models["gemma2"]), PROMPTS[:1], steps=6) is None
+
+
+async def _generate(engine: Engine, lm: Any, prompts: list[list[int]], n: int) -> list[list[int]]:
+    loop = asyncio.get_running_loop()
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in prompts]
+    for prompt, q in zip(prompts, queues, strict=True):
+        engine.submit(Job(lm=lm, prompt=prompt, max_tokens=n, sampler=RequestSampler(Sampling(temperature=0)),
+                          top_logprobs=0, ignore_eos=True,
+                          emit=lambda item, q=q: loop.call_soon_threadsafe(q.put_nowait, item)))
+    out: list[list[int]] = []
+    for q in queues:
+        tokens: list[int] = []
+        while True:
+            item = await asyncio.wait_for(q.get(), 60)
+            if isinstance(item, Failed):
+                raise item.error
+            if isinstance(item, Chunk) and item.logprobs:
+                tokens.extend(e["id"] for e in item.logprobs)
+            if isinstance(item, Done):
+                break
+        out.append(tokens)
+    return out
+
+
+def _mlx_lm_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
+    from mlx_lm.generate import generate_step
+
+    return [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=n)]
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "qwen3", "deepseek_v2"])
+async def test_engine_decodes_like_mlx_lm_batched_and_compiled_where_checked(tiny_models: dict[str, Path],
+                                                                           model_type: str):
+    """Three requests at once, compiled decode steps on: each equals mlx-lm's own solo generation (gemma2
+    because the engine found it must decode it one request at a time)."""
+    spec = ArchitectureSpec(name=model_type, model_types=(model_type,), module=f"mlx_lm.models.{model_type}")
+    engine = Engine(compiled_decode=True, prefix_cache_bytes=0)
+    engine.start()
+    try:
+        lm = await asyncio.wrap_future(engine.call(lambda: load_model_dir(tiny_models[model_type],
+                                                                          {model_type: spec}, name="m")))
+        batches, decoder = await asyncio.wrap_future(engine.call(lambda: engine.prepare(lm)))
+        assert (batches, decoder is not None) == ((False, False) if model_type == "gemma2" else (True, True))
+        prompts = [PROMPTS[0], PROMPTS[1], [(3 * i + 1) % 300 for i in range(30)]]
+        got = await _generate(engine, lm, prompts, 10)
+        assert got == [_mlx_lm_greedy(lm.model, p, 10) for p in prompts]
+        assert engine.peak_batch == (0 if model_type == "gemma2" else 3)
+    finally:
+        engine.stop()
+
+
+async def test_a_long_generation_grows_the_compiled_cache_and_stays_exact(tiny_models: dict[str, Path],
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """Small buffers: the capacity grows (and the step is traced again) several times in one generation."""
+    monkeypatch.setattr(compiled, "CAPACITY_STEP", 16)
+    monkeypatch.setattr(compiled, "HEADROOM", 4)
+    spec = ArchitectureSpec(name="llama", model_types=("llama",), module="mlx_lm.models.llama")
+    engine = Engine(compiled_decode=True, prefix_cache_bytes=0)
+    engine.start()
+    try:
+        lm = await asyncio.wrap_future(engine.call(lambda: load_model_dir(tiny_models["llama"], {"llama": spec},
+                                                                          name="m")))
+        prompts = [PROMPTS[0], PROMPTS[1]]
+        got = await _generate(engine, lm, prompts, 60)
+        assert got == [_mlx_lm_greedy(lm.model, p, 60) for p in prompts]
+        assert engine.state()["compiled_decode_models"] == 1
+    finally:
+        engine.stop()
