@@ -4,8 +4,10 @@ The classifier model is one of the local provider's loaded models. One classific
 ``Job``: the prompt (``prompt.build_prompt`` in a user turn, rendered with the model's chat template, then
 the answer's opening ``{"route": "``), greedy sampling and - in ``constrained`` mode - an outlines-core
 ``RegexConstraint`` over exactly the valid answers, so whatever the weights, the generated text is a
-candidate name or ``other``. Generation stops as soon as the tokens spell an answer no other answer extends
-(no end-of-sequence step is waited for). Leaving ``classify`` early - a timeout cancelling the awaiting task
+candidate name or ``other``. Generation stops as soon as the tokens decoded so far start exactly one valid
+answer: the constraint can only complete that one, so its remaining tokens are not generated (with a
+byte-level tokenizer, ``code_review`` beside ``code_generation`` is decided after ``code_r``, not after
+eleven tokens), and no end-of-sequence step is waited for. Leaving ``classify`` early - a timeout cancelling the awaiting task
 - cancels the job, and the engine drops it at its next step.
 
 mlx and higgs-mlx are imported inside the functions, so importing this module stays cheap.
@@ -168,7 +170,9 @@ class MlxClassifier:
                     streamed += item.text
                     if self.mode == "constrained" and item.tokens:
                         text = prepared.lm.tokenizer.decode(tokens)
-                        if text in valid and not any(a != text and a.startswith(text) for a in valid):
+                        reachable = [a for a in valid if a.startswith(text)]
+                        if len(reachable) == 1:  # the constraint can only finish this answer
+                            text = reachable[0]
                             break
                 elif isinstance(item, Done):
                     text = streamed  # the engine's own detokenization: complete, stop strings removed

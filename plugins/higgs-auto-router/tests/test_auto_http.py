@@ -172,6 +172,30 @@ async def test_the_answer_is_always_a_candidate_or_other_whatever_the_weights(ti
     assert len(seen) == 20
 
 
+
+async def test_decoding_stops_once_the_tokens_so_far_start_exactly_one_answer(tiny_router_model):
+    """Two names sharing a long prefix: the answer is known (and returned whole) once the decoded text
+    leaves one candidate, before the rest of its tokens are generated."""
+    candidates = [Candidate("code_generation", "Writing new code"), Candidate("code_review", "Reviewing code"),
+                  Candidate("chat", "Small talk")]
+    provider = make_provider(tiny_router_model)
+    await provider.start()
+    try:
+        classifier = MlxClassifier(provider, "router")
+        tokenizer = provider.model("router").tokenizer
+        for answer in ("code_generation", "code_review", "chat", "other"):
+            classifier.extra_processors[:] = [Steer(tokenizer, answer)]
+            verdict = await classifier.classify(candidates, [{"role": "user", "content": "hi"}])
+            assert verdict.answer == answer and verdict.route == (None if answer == "other" else answer)
+            full = len(tokenizer.encode(answer, add_special_tokens=False))
+            # the tokens that tell the answer apart, never the whole spelling of a long shared-prefix name
+            assert 1 <= verdict.output_tokens <= full
+            if answer.startswith("code_"):
+                assert verdict.output_tokens < full
+        assert wait_idle(provider.engine)
+    finally:
+        await provider.close()
+
 def test_auto_requests_through_http_always_land_on_a_valid_rule(env, auto, oai):
     rng = random.Random(5)
     for _ in range(6):
