@@ -170,10 +170,19 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
                 if process.poll() is not None:
                     raise RuntimeError(f"{name} exited with {process.returncode} (see {log.name})")
                 await asyncio.sleep(0.5)
-            # Warm-up: compile kernels for one stream and for the largest batch.
+            # Warm-up: compile kernels (and trace compiled steps) for every level's batch shapes, so no
+            # measured round pays for a shape the server meets for the first time.
             await stream(session, url, model, user(prompts.text(args.prompt)), 8)
-            await asyncio.gather(*(stream(session, url, model, user(prompts.text(args.prompt)), 4)
-                                   for _ in range(max(args.levels))))
+            for level in sorted(set(args.levels)):
+                await asyncio.gather(*(stream(session, url, model, user(prompts.text(args.prompt)), 8)
+                                       for _ in range(level)))
+            profiler = None
+            if args.profile:  # sample the server's threads during the measured levels (py-spy on PATH)
+                profiler = subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(process.pid), "--threads", "--format", "raw", "--rate", "200",
+                     "--duration", str(int(args.profile_seconds)), "--nonblocking",
+                     "-o", str(args.log_dir / f"{name}-profile.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for level in args.levels:
                 rounds = []
                 for _ in range(args.rounds):
@@ -183,6 +192,8 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
                 if rounds:  # the round with the median throughput
                     result["levels"][level] = sorted(rounds, key=lambda r: r["tok_s"])[len(rounds) // 2]
                     result["levels"][level]["tok_s_all"] = [round(r["tok_s"], 1) for r in rounds]
+            if profiler is not None:
+                profiler.wait()
             if time.monotonic() < deadline and args.prefix_reps > 0:
                 result["prefix"] = await prefix_round(session, url, model, args, prompts)
             if time.monotonic() < deadline and args.long:
@@ -304,8 +315,12 @@ async def main_async(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else build_model(args.preset, dtype, args.bits, args.cache)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     prompts = Prompts(model_dir, args.seed)
+    eager_config = args.log_dir / "higgs-eager.toml"
+    eager_config.write_text("[server]\ncompiled_decode = false\n")
     commands = {
         "higgs": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--max-tokens", "100000"],
+        "higgs-eager": [sys.executable, "-m", "higgs", "serve", "--config", str(eager_config), "--model",
+                        str(model_dir), "--max-tokens", "100000"],
         "higgs-nobatch": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--no-batch"],
         "mlx_lm": [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)],
     }
@@ -330,8 +345,8 @@ def main() -> int:
                     help="float dtype of the synthetic model (default: float32 on the CPU, bfloat16 on a GPU)")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "higgs" / "bench-models")
-    ap.add_argument("--servers", default="higgs,mlx_lm", help="comma list of higgs, higgs-nobatch, mlx_lm "
-                    "(the last one is the baseline of the ratios)")
+    ap.add_argument("--servers", default="higgs,mlx_lm", help="comma list of higgs, higgs-eager (compiled decode "
+                    "steps off), higgs-nobatch, mlx_lm (the last one is the baseline of the ratios)")
     ap.add_argument("--levels", default="1,2,4,8,16")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens per request at each level")
     ap.add_argument("--gen", type=int, default=64, help="generated tokens per request")
@@ -348,6 +363,8 @@ def main() -> int:
     ap.add_argument("--request-timeout", type=float, default=600)
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp/higgs-bench-batching"))
     ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--profile", action="store_true", help="py-spy the servers during the levels (into --log-dir)")
+    ap.add_argument("--profile-seconds", type=float, default=20)
     args = ap.parse_args()
     if args.quick:
         args.levels, args.gen, args.prefix, args.long, args.prefix_reps = "1,4,8", 32, 1024, 2048, 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -188,11 +189,19 @@ async def main_async(args: argparse.Namespace) -> int:
     arch = ArchitectureSpec(name=config["model_type"], model_types=(config["model_type"],),
                             module=f"mlx_lm.models.{config['model_type']}")
     ref_model, _ = load(str(model_dir))
-    engine = Engine()
-    engine.start()
-    lm = await asyncio.wrap_future(engine.call(
-        lambda: load_model_dir(model_dir, {arch.model_types[0]: arch}, name="bench")))
-    lm = dataclasses.replace(lm, eos_ids=set())  # generate exactly --gen tokens, like ignore_eos
+    # One engine per variant, each on its own thread; the compiled decode step is the default.
+    engines = {"higgs engine": Engine()}
+    if args.eager:
+        engines["higgs engine (eager)"] = Engine(compiled_decode=False)
+    lms = {}
+    for name, engine in engines.items():
+        engine.start()
+        lm = await asyncio.wrap_future(engine.call(
+            lambda: load_model_dir(model_dir, {arch.model_types[0]: arch}, name="bench")))
+        lm = dataclasses.replace(lm, eos_ids=set())  # generate exactly --gen tokens, like ignore_eos
+        _, decoder = await asyncio.wrap_future(engine.call(functools.partial(engine.prepare, lm)))
+        lms[name] = lm
+        print(f"{name}: compiled decode steps {'on' if decoder else 'off'} {engine.eager_reasons or ''}", flush=True)
     # A fresh prompt per run (the pair of runs in one repeat shares it): higgs's prefix cache must not turn
     # a repeated prompt into a cache hit and the prefill measurement into a lookup.
     prompts = [random_prompt(config["vocab_size"], args.prompt, args.seed + 1000 + i) for i in range(args.repeats)]
@@ -200,24 +209,25 @@ async def main_async(args: argparse.Namespace) -> int:
 
     for w in range(args.warmup):
         warm = random_prompt(config["vocab_size"], args.prompt, args.seed + w)
-        run_mlx_lm(ref_model, warm, min(args.gen, 16))
-        await run_higgs(engine, lm, list(reversed(warm)), min(args.gen, 16))
+        run_mlx_lm(ref_model, warm, args.gen)
+        for name, engine in engines.items():
+            await run_higgs(engine, lms[name], list(reversed(warm)), args.gen)
 
-    results: dict[str, dict[str, list[float]]] = {"mlx-lm generate_step": {"prefill": [], "decode": []},
-                                                  "higgs engine": {"prefill": [], "decode": []}}
+    names = ["mlx-lm generate_step", *engines]
+    results: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "decode": []} for name in names}
     for rep in range(args.repeats):
         prompt = prompts[rep]
-        for name in (("mlx-lm generate_step", "higgs engine") if rep % 2 == 0
-                     else ("higgs engine", "mlx-lm generate_step")):
-            if name == "higgs engine":
-                prefill_s, decode_s, n = await run_higgs(engine, lm, prompt, args.gen)
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            if name in engines:
+                prefill_s, decode_s, n = await run_higgs(engines[name], lms[name], prompt, args.gen)
             else:
                 prefill_s, decode_s, n = run_mlx_lm(ref_model, prompt, args.gen)
             if n != args.gen:
                 raise SystemExit(f"{name} produced {n} tokens, expected {args.gen}")
             results[name]["prefill"].append(len(prompt) / prefill_s)
             results[name]["decode"].append((n - 1) / decode_s)
-    engine.stop()
+    for engine in engines.values():
+        engine.stop()
 
     import mlx_lm  # noqa: TID251
 
@@ -230,10 +240,13 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"{'':22s}  {'prefill tok/s':>24s}  {'decode tok/s':>24s}")
     for name, numbers in results.items():
         print(f"{name:22s}  {spread(numbers['prefill']):>24s}  {spread(numbers['decode']):>24s}")
-    base, ours = results["mlx-lm generate_step"], results["higgs engine"]
-    prefill_ratio = statistics.median(ours["prefill"]) / statistics.median(base["prefill"])
-    decode_ratio = statistics.median(ours["decode"]) / statistics.median(base["decode"])
-    print(f"\nhiggs / mlx-lm: prefill {prefill_ratio:.3f}x, decode {decode_ratio:.3f}x (target decode >= 0.97x)")
+    base = results["mlx-lm generate_step"]
+    print()
+    for name in engines:
+        ours = results[name]
+        prefill_ratio = statistics.median(ours["prefill"]) / statistics.median(base["prefill"])
+        decode_ratio = statistics.median(ours["decode"]) / statistics.median(base["decode"])
+        print(f"{name} / mlx-lm: prefill {prefill_ratio:.3f}x, decode {decode_ratio:.3f}x (target decode >= 0.97x)")
     if args.http:
         http = await bench_http(model_dir, args)
         print(f"\nover HTTP (streaming chat, ~{args.prompt}-token prompts, {args.gen} tokens, {args.repeats} requests "
@@ -259,6 +272,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eager", action="store_true", help="also run the engine with compiled decode steps off")
     ap.add_argument("--http", action="store_true", help="also compare `higgs serve` with `mlx_lm server` over HTTP")
     ap.add_argument("--port", type=int, default=8731, help="first loopback port for --http servers")
     xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU benchmark runs behind docs/performance.md, on a Linux machine with an NVIDIA GPU and no network.
+#
+#   bench/gpu.sh install WHEEL_DIR...   install every *.whl found (and a wheel split into *.part.* pieces,
+#                                       joined first) into $SITE with --no-deps, link CUDA's libraries
+#   bench/gpu.sh engine|autorouter|batching|qwen-batching [LOG_DIR]   one benchmark (logs in LOG_DIR)
+#
+# What to bring (pip download --only-binary=:all: --python-version 3.12 ... on a machine with network):
+# mlx, mlx-cuda-13 and mlx-lm; higgs and every plugin built as wheels (`uv build --wheel`); and the
+# runtime dependencies the machine's Python may lack (aiohttp and its helpers, pydantic, pydantic-settings,
+# cyclopts, pluggy, tomlkit, gguf, outlines-core). The CUDA runtime libraries come from the machine's
+# `nvidia` Python package (nvidia-cublas, -cudnn, -nvrtc, ...), linked beside mlx (see the GPU notes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SITE=${SITE:-/tmp/site}
+PY=${PYTHON:-python3}
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export MLX_PTX_CACHE_DIR=${MLX_PTX_CACHE_DIR:-$HOME/.cache/mlx-ptx}
+
+step=${1:-}; shift || true
+case "$step" in
+  install)
+    mkdir -p "$SITE" /tmp/wheels
+    for dir in "$@"; do
+      cp "$dir"/*.whl /tmp/wheels/ 2>/dev/null || true
+    done
+    # a wheel too large to carry in one piece: NAME.whl.part.aa, NAME.whl.part.ab, ... (in any of the dirs)
+    parts=$(for dir in "$@"; do ls "$dir"/*.whl.part.* 2>/dev/null || true; done | awk -F/ '{print $NF, $0}' | sort | cut -d' ' -f2)
+    for name in $(for part in $parts; do basename "${part%.part.*}"; done | sort -u); do
+      cat $(for part in $parts; do [ "$(basename "${part%.part.*}")" = "$name" ] && echo "$part"; done) > "/tmp/wheels/$name"
+    done
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" /tmp/wheels/*.whl
+    nvidia=$("$PY" -c 'import nvidia, os; print(list(nvidia.__path__)[0])')
+    ln -sfn "$nvidia" "$SITE/nvidia"
+    "$PY" -c 'import mlx.core as mx, mlx_lm, higgs_mlx; print("mlx", mx.__version__, mx.default_device(), "cuda", mx.cuda.is_available())'
+    "$PY" -m higgs plugins list | head -3
+    ;;
+  engine)  # single-stream prefill/decode vs mlx-lm's generate_step, compiled and eager decode steps
+    "$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 7 --eager
+    ;;
+  qwen-engine)
+    "$PY" bench/engine.py --preset qwen3-1.7b --prompt 512 --gen 128 --repeats 5 --eager
+    ;;
+  autorouter)  # classification latency for a ~1k-token conversation on the Qwen3-1.7B shape
+    "$PY" bench/autorouter.py --preset qwen3-1.7b --repeats 20 --warmup 3
+    ;;
+  batching)  # higgs (compiled and eager decode steps) vs mlx_lm server over HTTP
+    "$PY" bench/batching.py --preset llama-3.2-1b-instruct --servers higgs,higgs-eager,mlx_lm \
+      --levels 1,2,4,8,16 --rounds 2 --prefix-reps 2 --max-seconds 200 --json "${1:-/tmp}/batching.json" --profile
+    ;;
+  qwen-batching)
+    "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels 1,8,16 --rounds 2 \
+      --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"
+    ;;
+  *)
+    echo "usage: bench/gpu.sh install WHEEL_DIR... | engine | qwen-engine | autorouter | batching | qwen-batching" >&2
+    exit 2
+    ;;
+esac
