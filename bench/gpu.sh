@@ -47,6 +47,9 @@ case "$step" in
   batching)  # higgs (compiled and eager decode steps) vs mlx_lm server over HTTP
     "$PY" bench/batching.py --preset llama-3.2-1b-instruct --servers higgs,higgs-eager,mlx_lm \
       --levels 1,2,4,8,16 --rounds 2 --prefix-reps 2 --max-seconds 200 --json "${1:-/tmp}/batching.json" --profile
+    for f in /tmp/higgs-bench-batching/*-profile.txt; do
+      echo "-- $f"; "$PY" bench/profile_summary.py "$f" --top 8; cp "$f" "${1:-/tmp}/" || true
+    done
     ;;
   qwen-batching)
     "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels 1,8,16 --rounds 2 \
