@@ -182,6 +182,7 @@ class Engine:
         self._prepared: dict[int, tuple[bool, Any]] = {}
         #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
         self.eager_reasons: dict[str, str] = {}
+        self._flushes: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._main, name="higgs-mlx-engine", daemon=True)
         self._stream: Any = None
         self._started = False
@@ -208,6 +209,22 @@ class Engine:
         """Per-model settings (``[[models]] batch``); None keeps the engine's default."""
         if batch is not None:
             self._batch_models[id(lm)] = batch
+
+    def add_flush(self, flush: Callable[[], None]) -> None:
+        """Call ``flush`` on the engine thread after every pass and before the thread waits for work: an
+        emitter may hold a pass's outputs and hand them over in one go (``higgs_mlx.provider._Mailbox``)."""
+        self._flushes.append(flush)
+
+    def _flush(self) -> None:
+        for flush in self._flushes:
+            try:
+                flush()
+            except Exception:  # an emitter's problem must not stop the engine
+                log.exception("flushing engine outputs failed")
+
+    def on_engine_thread(self) -> bool:
+        """Whether the caller runs on the engine thread."""
+        return threading.current_thread() is self._thread
 
     def queued(self) -> int:
         """Jobs submitted but not yet started."""
@@ -275,6 +292,7 @@ class Engine:
             steps = 0
             while self._drain_inbox():
                 self._step_all()
+                self._flush()
                 steps += 1
                 if not self._active or steps % 256 == 0:
                     # Return MLX's cached buffers now and then (and when idle), as generate_step does,
@@ -297,12 +315,16 @@ class Engine:
                 item.emit(Failed(reason))
             elif isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(RuntimeError(f"the engine stopped: {reason}"))
+        self._flush()
 
     def _drain_inbox(self) -> bool:
         """Queue everything sent, admit what fits; block only while idle. False when asked to stop."""
         while True:
+            idle = not self._active and not self._waiting
+            if idle:
+                self._flush()  # nothing may wait in a mailbox while the thread sleeps
             try:
-                item = self._inbox.get(block=not self._active and not self._waiting)
+                item = self._inbox.get(block=idle)
             except queue.Empty:
                 break
             if item is None:

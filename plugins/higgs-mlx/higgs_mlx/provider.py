@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
@@ -71,6 +72,50 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+class _Mailbox:
+    """Engine outputs on their way to the event loop: one loop wake-up per engine pass, not one per token.
+
+    A batched decode step emits a token for every row; a ``call_soon_threadsafe`` per token writes to the
+    loop's self-pipe (a system call that also hands the GIL to the loop thread, so the engine thread waits
+    for it to come back). Outputs posted on the engine thread are queued until the engine's ``flush`` at
+    the end of its pass; posts from any other thread (a submit that fails at once) are delivered right away.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+        self.loop = loop
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue[Any], Any]] = []
+        self._scheduled = False
+        engine.add_flush(self.flush)
+
+    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        """Queue ``item`` for ``queue`` (any thread)."""
+        with self._lock:
+            self._items.append((queue, item))
+        if not self._engine.on_engine_thread():
+            self.flush()
+
+    def flush(self) -> None:
+        """Wake the loop to deliver what was posted (once until it has run)."""
+        with self._lock:
+            if self._scheduled or not self._items:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            with self._lock:
+                self._items.clear()
+                self._scheduled = False
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class MlxProvider(Provider):
     """Serves local MLX models through one engine thread."""
 
@@ -87,6 +132,7 @@ class MlxProvider(Provider):
         self._agents: Any = _NO_AGENTS
         #: Embedding models (``higgs_mlx.embeddings.EncoderEmbedder``) by name and alias.
         self.embedders: dict[str, Any] = {}
+        self._mailbox: _Mailbox | None = None
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -249,14 +295,14 @@ class MlxProvider(Provider):
     async def _run(self, jobs: list[Job]) -> AsyncIterator[tuple[int, EngineOutput]]:
         """Submit ``jobs`` and yield ``(job index, output)`` until each is done; cancel them on exit."""
         loop = asyncio.get_running_loop()
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = _Mailbox(loop, self.engine)
+        mailbox = self._mailbox
         inbox: asyncio.Queue[tuple[int, EngineOutput]] = asyncio.Queue()
 
         def emitter(index: int) -> Any:
             def emit(item: EngineOutput) -> None:
-                try:
-                    loop.call_soon_threadsafe(inbox.put_nowait, (index, item))
-                except RuntimeError:  # the loop is closed: nobody is listening any more
-                    pass
+                mailbox.post(inbox, (index, item))
             return emit
 
         for index, job in enumerate(jobs):
