@@ -48,8 +48,11 @@ DEFAULT_PREFILL_CHUNK = 2048
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
-#: Prefill chunk while other requests are decoding: bounds their inter-token gap to one such chunk.
+#: Prefill chunk while other requests are decoding: bounds their inter-token gap to one such chunk. It is the
+#: smallest chunk: once a model's prefill speed is known, the chunk is what it prefills in ``interleave_ms``.
 DEFAULT_INTERLEAVE_CHUNK = 128
+#: Longest pause (ms) a prefill chunk should put between two tokens of the running streams.
+DEFAULT_INTERLEAVE_MS = 50.0
 #: Most padded prompt tokens of a burst of short prompts prefilled together in one call.
 DEFAULT_GROUP_PREFILL = 2048
 
@@ -152,11 +155,15 @@ class Engine:
                  max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE,
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
-                 compiled_decode: bool | None = None) -> None:
+                 compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
-        #: The same while other requests decode (smaller, so they keep streaming).
+        #: The same while other requests decode (smaller, so they keep streaming): at least this many tokens,
+        #: more where the model is known to prefill more in ``interleave_ms`` (0 = always this many).
         self.interleave_chunk = interleave_chunk
+        self.interleave_ms = interleave_ms
+        #: Measured prefill speed (tokens/s, moving average) by model.
+        self._prefill_rate: dict[int, float] = {}
         #: Continuous batching for models without their own setting (``configure_model``).
         self.batch = batch
         #: Most jobs prefilling or decoding at once; more wait in the queue.
@@ -372,7 +379,7 @@ class Engine:
 
     def _step_all(self) -> None:
         decoding = bool(self._batches) or any(not j.prefilling for j in self._active)
-        chunk = min(self.prefill_chunk, self.interleave_chunk) if decoding else self.prefill_chunk
+        chunk = self._interleave_size() if decoding else self.prefill_chunk
         budget = chunk
         if self.batch_prefill:
             # A burst of short prompts is prefilled together up to group_prefill tokens, even while others
@@ -412,6 +419,22 @@ class Engine:
                 del self._batches[key]
             else:
                 self.peak_batch = max(self.peak_batch, len(batch.rows))
+
+    def _interleave_size(self) -> int:
+        """Prompt tokens per pass while others decode: what the slowest model with a prompt to prefill does
+        in ``interleave_ms`` (by its measured speed), in whole ``interleave_chunk``s, at least one."""
+        low = min(self.prefill_chunk, self.interleave_chunk)
+        rates = [self._prefill_rate.get(id(job.lm.model)) for job in self._active if job.prefilling]
+        if not self.interleave_ms or not rates or None in rates:
+            return low
+        tokens = int(min(r for r in rates if r is not None) * self.interleave_ms / 1000)
+        return min(self.prefill_chunk, max(low, tokens // low * low))
+
+    def _measured(self, lm: LoadedModel, tokens: int, seconds: float) -> None:
+        if tokens >= 32 and seconds > 0:
+            rate = tokens / seconds
+            old = self._prefill_rate.get(id(lm.model))
+            self._prefill_rate[id(lm.model)] = rate if old is None else 0.7 * old + 0.3 * rate
 
     def _prefill_together(self, budget: int, chunk: int) -> int:
         """Prefill fresh short prompts that arrived together in one padded call per model (as mlx_lm's
@@ -533,8 +556,10 @@ class Engine:
                 if remaining > 0:
                     n = min(chunk_size, remaining)
                     chunk = mx.array(job.prompt[job.pos : job.pos + n])
+                    started = time.perf_counter()
                     job.lm.model(chunk[None], cache=job.cache, **_embeds(job, job.pos, job.pos + n))
                     mx.eval([c.state for c in job.cache])
+                    self._measured(job.lm, n, time.perf_counter() - started)
                     if job.processors:
                         job.history = chunk if job.history is None else mx.concatenate([job.history, chunk])
                     job.pos += n

@@ -480,7 +480,7 @@ class MlxProvider(Provider):
 
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
-    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``group_prefill``,
+    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``interleave_ms``, ``group_prefill``,
     ``compiled_decode`` (true/false) and ``prefix_cache_mb`` (0 turns the prefix cache off)."""
     from higgs_mlx import engine as engine_mod
 
@@ -493,6 +493,11 @@ def engine_options(server: Any) -> dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_queue" else 1):
                 raise ModelLoadError(f"[server] {key} must be a positive integer, not {value!r}")
             options[key] = value
+    ms = getattr(server, "interleave_ms", None)
+    if ms is not None:
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
+            raise ModelLoadError(f"[server] interleave_ms must be a number >= 0 (milliseconds), not {ms!r}")
+        options["interleave_ms"] = float(ms)
     compiled = getattr(server, "compiled_decode", None)
     if compiled is not None:
         if not isinstance(compiled, bool):

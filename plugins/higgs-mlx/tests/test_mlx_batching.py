@@ -318,3 +318,20 @@ async def test_overload_over_http_in_each_format(tiny_llama: Path):
                         break
                 await asyncio.sleep(0.05)
             assert again.status == 200
+
+
+def test_interleaved_chunk_follows_the_measured_prefill_speed():
+    """While others decode, a prompt is prefilled in what its model does in ``interleave_ms`` (whole
+    ``interleave_chunk``s, at least one, at most ``prefill_chunk``); unknown speed: one chunk."""
+    from types import SimpleNamespace
+
+    engine = Engine(interleave_chunk=128, interleave_ms=50, prefill_chunk=2048)
+    lm = SimpleNamespace(model=object())
+    engine._active = [SimpleNamespace(lm=lm, prefilling=True)]  # type: ignore[list-item]
+    assert engine._interleave_size() == 128
+    engine._measured(lm, 1000, 0.1)  # type: ignore[arg-type]  # 10k tokens/s: 500 tokens in 50 ms
+    assert engine._interleave_size() == 384
+    engine._measured(lm, 1000, 0.001)  # type: ignore[arg-type]  # a fast chunk moves the average up, capped
+    assert engine._interleave_size() == 2048
+    engine.interleave_ms = 0
+    assert engine._interleave_size() == 128
