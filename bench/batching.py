@@ -176,6 +176,13 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
             for level in sorted(set(args.levels)):
                 await asyncio.gather(*(stream(session, url, model, user(prompts.text(args.prompt)), 8)
                                        for _ in range(level)))
+            # ... and for the prefix and long-prompt workloads (other shapes: long prefills, cache hits), so
+            # the server measured first does not pay for kernels the later ones find compiled on disk
+            short = argparse.Namespace(**{**vars(args), "prefix_reps": 1, "stall_gen": 40})
+            if args.prefix_reps > 0:
+                await prefix_round(session, url, model, short, prompts)
+            if args.long:
+                await stall_round(session, url, model, short, prompts)
             profiler = None
             if args.profile:  # sample the server's threads during the measured levels (py-spy on PATH)
                 profiler = subprocess.Popen(

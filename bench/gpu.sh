@@ -36,7 +36,13 @@ case "$step" in
     "$PY" -m higgs plugins list | head -3
     ;;
   engine)  # single-stream prefill/decode vs mlx-lm's generate_step, compiled and eager decode steps
-    "$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 7 --eager
+    run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --eager)
+    if command -v py-spy >/dev/null; then  # and where the threads spend the time
+      py-spy record --threads --rate 250 --format raw -o "${1:-/tmp}/engine-profile.txt" -- "${run[@]}"
+      "$PY" bench/profile_summary.py "${1:-/tmp}/engine-profile.txt" --top 10 | head -40
+    else
+      "${run[@]}"
+    fi
     ;;
   qwen-engine)
     "$PY" bench/engine.py --preset qwen3-1.7b --prompt 512 --gen 128 --repeats 5 --eager
@@ -52,7 +58,7 @@ case "$step" in
     done
     ;;
   qwen-batching)
-    "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels 1,8,16 --rounds 2 \
+    "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels 1,4,8,16 --rounds 2 \
       --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"
     ;;
   *)

@@ -30,18 +30,20 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Buffer positions are allocated in multiples of this (and of an eighth of the length beyond 2k tokens).
-CAPACITY_STEP = 256
-#: Free positions kept ahead of the write index when a cache is (re)built: the step is retraced at most
-#: once per this many tokens of a long generation.
-HEADROOM = 512
+#: Buffer positions are allocated in multiples of this (and of an eighth of the length beyond 512 tokens).
+#: The attention reads every position of the buffers (masked), so the slack is kept small: on CUDA a masked
+#: attention is MLX's unfused fallback, whose cost grows with the positions it is given.
+CAPACITY_STEP = 64
+#: Free positions made when a cache is (re)built or full: at least one, rounded up by ``capacity()``; the
+#: step is traced again (once per shape) each time the buffers grow.
+HEADROOM = 1
 
 #: One row's KV: per layer, ``(keys, values)`` of shape ``(1, heads, length, dim)``.
 RowKV = list[tuple[Any, Any]]
 
 
 def capacity(n: int) -> int:
-    """Buffer positions for ``n`` tokens: a multiple of 256, coarser for long contexts (at most 1/8 wasted),
+    """Buffer positions for ``n`` tokens: a multiple of 64, coarser for long contexts (at most 1/8 wasted),
     so the number of distinct shapes (and traces) stays small."""
     step = max(CAPACITY_STEP, (1 << max(0, n.bit_length() - 1)) // 8)
     return max(step, -(-n // step) * step)
@@ -103,10 +105,11 @@ class StaticBatchCache:
         return len(self.left)
 
     @classmethod
-    def from_rows(cls, rows: Sequence[RowKV], headroom: int = HEADROOM) -> StaticBatchCache:
+    def from_rows(cls, rows: Sequence[RowKV], headroom: int | None = None) -> StaticBatchCache:
         """Right-align each row's KV at a common write index in new buffers."""
         import mlx.core as mx
 
+        headroom = HEADROOM if headroom is None else headroom
         lengths = [int(row[0][0].shape[2]) for row in rows]
         write = max(lengths)
         cap = capacity(write + headroom)

@@ -162,8 +162,8 @@ class Engine:
         #: more where the model is known to prefill more in ``interleave_ms`` (0 = always this many).
         self.interleave_chunk = interleave_chunk
         self.interleave_ms = interleave_ms
-        #: Measured prefill speed (tokens/s, moving average) by model.
-        self._prefill_rate: dict[int, float] = {}
+        #: Measured prefill speeds (tokens/s of the last chunks) by model.
+        self._prefill_rate: dict[int, deque[float]] = {}
         #: Continuous batching for models without their own setting (``configure_model``).
         self.batch = batch
         #: Most jobs prefilling or decoding at once; more wait in the queue.
@@ -427,14 +427,14 @@ class Engine:
         rates = [self._prefill_rate.get(id(job.lm.model)) for job in self._active if job.prefilling]
         if not self.interleave_ms or not rates or None in rates:
             return low
-        tokens = int(min(r for r in rates if r is not None) * self.interleave_ms / 1000)
+        # the best of the recent chunks: a chunk that waited for a decode step, or for kernels compiled at
+        # their first use, took longer than prefilling alone does
+        tokens = int(min(max(r) for r in rates if r) * self.interleave_ms / 1000)
         return min(self.prefill_chunk, max(low, tokens // low * low))
 
     def _measured(self, lm: LoadedModel, tokens: int, seconds: float) -> None:
         if tokens >= 32 and seconds > 0:
-            rate = tokens / seconds
-            old = self._prefill_rate.get(id(lm.model))
-            self._prefill_rate[id(lm.model)] = rate if old is None else 0.7 * old + 0.3 * rate
+            self._prefill_rate.setdefault(id(lm.model), deque(maxlen=8)).append(tokens / seconds)
 
     def _prefill_together(self, budget: int, chunk: int) -> int:
         """Prefill fresh short prompts that arrived together in one padded call per model (as mlx_lm's

@@ -21,12 +21,12 @@ from higgs_mlx.testing import TINY_CONFIGS, build_tiny_model
 PROMPTS = [[(7 * i + 3) % 300 for i in range(12)], [(5 * i + 11) % 300 for i in range(7)]]
 
 
-def test_capacity_is_a_multiple_of_256_and_coarser_for_long_contexts():
-    assert [compiled.capacity(n) for n in (1, 256, 257, 2047, 2048, 2049, 5000)] == [
-        256, 256, 512, 2048, 2048, 2304, 5120]
-    for n in range(1, 70_000, 997):  # never less than asked, at most 1/8 (or 256 positions) more
+def test_capacity_is_a_multiple_of_64_and_coarser_for_long_contexts():
+    assert [compiled.capacity(n) for n in (1, 64, 65, 600, 2047, 2048, 2049, 5000)] == [
+        64, 64, 128, 640, 2048, 2048, 2304, 5120]
+    for n in range(1, 70_000, 997):  # never less than asked, at most 1/8 (or 63 positions) more
         cap = compiled.capacity(n)
-        assert n <= cap <= max(n + 255, n * 9 // 8 + 1)
+        assert n <= cap <= max(n + 63, n * 9 // 8 + 1)
 
 
 def _row(length: int, seed: int, layers: int = 2) -> list[tuple[Any, Any]]:
@@ -39,8 +39,8 @@ def _row(length: int, seed: int, layers: int = 2) -> list[tuple[Any, Any]]:
 def test_static_cache_right_aligns_rows_and_keeps_them_through_filter_and_growth():
     rows = [_row(5, 1), _row(9, 2), _row(1, 3)]
     cache = compiled.StaticBatchCache.from_rows(rows, headroom=3)
-    assert (cache.write, cache.left, cache.capacity) == (9, [4, 0, 8], 256)
-    assert cache.keys[0].shape == (3, 2, 256, 4)
+    assert (cache.write, cache.left, cache.capacity) == (9, [4, 0, 8], 64)
+    assert cache.keys[0].shape == (3, 2, 64, 4)
     assert float(mx.abs(cache.keys[1][0, :, :4]).sum()) == 0  # left padding is zeros
     for got, want in zip(cache.rows(), rows, strict=True):
         for (gk, gv), (wk, wv) in zip(got, want, strict=True):
@@ -51,7 +51,7 @@ def test_static_cache_right_aligns_rows_and_keeps_them_through_filter_and_growth
     cache.write = cache.capacity  # the next write would not fit: the buffers grow, the content stays
     before = cache.rows()
     cache.ensure_room()
-    assert cache.capacity > 256
+    assert cache.capacity > 64
     for got, want in zip(cache.rows(), before, strict=True):
         assert all(mx.array_equal(g[0], w[0]) for g, w in zip(got, want, strict=True))
 
@@ -138,7 +138,6 @@ async def test_a_long_generation_grows_the_compiled_cache_and_stays_exact(tiny_m
                                                                          monkeypatch: pytest.MonkeyPatch):
     """Small buffers: the capacity grows (and the step is traced again) several times in one generation."""
     monkeypatch.setattr(compiled, "CAPACITY_STEP", 16)
-    monkeypatch.setattr(compiled, "HEADROOM", 4)
     spec = ArchitectureSpec(name="llama", model_types=("llama",), module="mlx_lm.models.llama")
     engine = Engine(compiled_decode=True, prefix_cache_bytes=0)
     engine.start()
