@@ -38,7 +38,7 @@ case "$step" in
   engine)  # single-stream prefill/decode vs mlx-lm's generate_step, compiled and eager decode steps
     run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --eager)
     if command -v py-spy >/dev/null; then  # and where the threads spend the time
-      py-spy record --threads --rate 250 --format raw -o "${1:-/tmp}/engine-profile.txt" -- "${run[@]}"
+      py-spy record --nonblocking --threads --rate 250 --format raw -o "${1:-/tmp}/engine-profile.txt" -- "${run[@]}"
       "$PY" bench/profile_summary.py "${1:-/tmp}/engine-profile.txt" --top 10 | head -40
     else
       "${run[@]}"
