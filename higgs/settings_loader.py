@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,6 +63,12 @@ class LoadedConfig:
     path: Path
     exists: bool
     warnings: list[str] = field(default_factory=list)
+
+    def warnings_except(self, known: Iterable[str]) -> list[str]:
+        """The warnings, less those about keys a loaded plugin reads (``ProviderSpec.server_keys``:
+        ``server.max_batch`` is unknown to the kernel's schema but the local engine's setting)."""
+        known = set(known)
+        return [w for w in self.warnings if not any(f"unknown key '{key}'" in w for key in known)]
 
 
 # --------------------------------------------------------------------------------------------------

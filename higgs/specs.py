@@ -28,6 +28,8 @@ class ProviderSpec:
         local: True for the kind that serves ``[[models]]`` (the local engine); at most one is used.
         formats: wire formats this kind can speak upstream; the first is the kind's default for ``format``.
         description: one line for ``higgs plugins list``.
+        server_keys: ``[server]`` keys this kind reads beyond the kernel's own (the local engine's knobs);
+            ``serve`` and ``doctor`` do not report them as unknown.
     """
 
     name: str
@@ -35,6 +37,7 @@ class ProviderSpec:
     local: bool = False
     formats: tuple[str, ...] = ()
     description: str = ""
+    server_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -91,10 +91,10 @@ def run_checks(profile: str | None = None, config: str | None = None, *,
     settings = loaded.settings
     report.add("config", "file", "ok", f"{loaded.path} is valid" if loaded.exists else
                f"{loaded.path} does not exist: using defaults")
-    for warning in loaded.warnings:
-        report.add("config", "warning", "warn", warning)
-
     registry = _check_plugins(report, settings)
+    known = [f"server.{key}" for spec in registry.providers.values() for key in spec.server_keys] if registry else []
+    for warning in loaded.warnings_except(known):
+        report.add("config", "warning", "warn", warning)
     if registry is None:
         return report
     for problem in registry_problems(settings, registry.formats, registry.providers):

@@ -50,15 +50,15 @@ def serve(
     settings = loaded.settings
     _setup_logging("DEBUG" if verbose else settings.logging.level)
     log = logging.getLogger("higgs")
-    for warning in loaded.warnings:
-        log.warning("%s", warning)
-
     plugins = load_plugins(enabled=settings.plugins.enabled, disabled=settings.plugins.disabled)
     plugins.check_required()
     for info in plugins.infos.values():
         if info.status == "error":
             log.warning("plugin %s skipped: %s", info.name, info.error)
     registry = Registry.build(plugins)
+    for warning in loaded.warnings_except(f"server.{key}" for spec in registry.providers.values()
+                                          for key in spec.server_keys):
+        log.warning("%s", warning)
     plugins.check_required()
     problems = registry_problems(settings, registry.formats, registry.providers)
     if problems:

@@ -169,6 +169,16 @@ def test_unknown_keys_are_warnings(_isolated_config):
     assert loaded.settings.plugin_section("acme") == {"anything": True}
 
 
+def test_server_keys_a_provider_reads_are_not_unknown(_isolated_config):
+    """``[server] max_batch`` is the local engine's knob (``ProviderSpec.server_keys``): serve and doctor
+    drop that warning once the plugin is loaded, and keep the one about a typo."""
+    write(_isolated_config / "config.toml", '[server]\nmax_batch = 8\nmax_btach = 8\n')
+    loaded = load_settings()
+    assert len(loaded.warnings) == 2
+    left = loaded.warnings_except(["server.max_batch"])
+    assert len(left) == 1 and "unknown key 'server.max_btach'" in left[0]
+
+
 def test_unknown_format_and_kind_need_the_registry(_isolated_config):
     write(_isolated_config / "config.toml", '[provider.up]\nurl = "http://x"\nformat = "grpc"\nkind = "nope"\n')
     settings = load_settings().settings

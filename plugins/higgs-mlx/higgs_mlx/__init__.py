@@ -26,10 +26,15 @@ def _make_provider(settings: ProviderSettings, ctx: ProviderContext) -> Provider
     return MlxProvider(settings, ctx)
 
 
+#: The engine's knobs under ``[server]`` (docs/engine.md), read by ``provider.engine_options``.
+SERVER_KEYS = ("max_batch", "max_queue", "prefill_chunk", "interleave_chunk", "interleave_ms", "group_prefill",
+               "prefix_cache_mb", "compiled_decode")
+
+
 @hookimpl
 def higgs_providers() -> Iterable[ProviderSpec]:
     """The local engine: one provider instance (``higgs``) serving every configured local model."""
-    return [ProviderSpec(name="mlx", factory=_make_provider, local=True,
+    return [ProviderSpec(name="mlx", factory=_make_provider, local=True, server_keys=SERVER_KEYS,
                          description="local MLX engine (models from the HF cache, local dirs, GGUF imports)")]
 
 

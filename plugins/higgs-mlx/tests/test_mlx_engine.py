@@ -426,3 +426,21 @@ async def test_compiled_decode_steps_are_used_when_on(provider):
         assert engine.state()["compiled_decode_models"] == len(provider.models)
     else:
         assert decoders == [None] * len(provider.models)
+
+
+def test_every_server_key_the_engine_reads_is_declared():
+    """``engine_options`` reads exactly the ``[server]`` keys the provider spec declares (so they are not
+    reported as unknown, and a new knob cannot be forgotten)."""
+    import inspect
+    import re
+
+    import higgs_mlx
+    from higgs_mlx import provider as provider_module
+
+    source = inspect.getsource(provider_module.engine_options)
+    read = set(re.findall(r'getattr\(server, "(\w+)"', source)) | set(re.findall(r'^\s+for key in \(([^)]*)\)',
+                                                                                 source, re.M)[0].replace('"', "")
+                                                                      .replace(" ", "").split(","))
+    read -= {"key", "batch"}  # batch is the kernel's own [server] key
+    spec = higgs_mlx.higgs_providers()[0]
+    assert read == set(spec.server_keys) == set(higgs_mlx.SERVER_KEYS)
