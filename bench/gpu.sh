@@ -33,11 +33,13 @@ case "$step" in
     nvidia=$("$PY" -c 'import nvidia, os; print(list(nvidia.__path__)[0])')
     ln -sfn "$nvidia" "$SITE/nvidia"
     "$PY" -c 'import mlx.core as mx, mlx_lm, higgs_mlx; print("mlx", mx.__version__, mx.default_device(), "cuda", mx.cuda.is_available())'
-    "$PY" -m higgs plugins list | head -3
+    "$PY" -m higgs plugins list > /tmp/plugins.txt && head -3 /tmp/plugins.txt
     ;;
   engine)  # single-stream prefill/decode vs mlx-lm's generate_step, compiled and eager decode steps
     run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --eager)
-    if command -v py-spy >/dev/null; then  # and where the threads spend the time
+    # PROFILE=1: and where the threads spend the time (py-spy slows the two-thread engine path more than
+    # mlx-lm's loop: 0.79x / 0.70x under it against 0.92x / 0.89x without, so no numbers from such a run)
+    if [ "${PROFILE:-0}" = 1 ] && command -v py-spy >/dev/null; then
       py-spy record --nonblocking --threads --rate 250 --format raw -o "${1:-/tmp}/engine-profile.txt" -- "${run[@]}"
       "$PY" bench/profile_summary.py "${1:-/tmp}/engine-profile.txt" --top 10 | head -40
     else

@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `higgs plugins list | head`: the reader left; say nothing more
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so flushing stdout at exit does not fail again
+        return 0
     except Exception as err:
         from cyclopts.exceptions import CycloptsError
 

@@ -180,3 +180,28 @@ def test_provider_section_with_only_a_format_uses_the_kind_named_after_it():
     assert registry.provider_spec_for("vllm", None, "openai").name == "openai"  # not the first loaded
     assert registry.provider_spec_for("echo", None, "openai").name == "echo"  # a kind named like the section
     assert registry.provider_spec_for("x", "echo", "openai").name == "echo"  # an explicit kind
+
+
+def test_plugins_list_into_a_closed_pipe_ends_quietly(monkeypatch, tmp_path):
+    """``higgs plugins list | head -1``: the reader leaves, higgs exits 0 without a traceback."""
+    import sys
+
+    from higgs.cli import main
+
+    sink = open(tmp_path / "out", "w")  # a real descriptor for the dup2 on the way out
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            return sink.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    try:
+        assert main(["plugins", "list"]) == 0
+    finally:
+        sink.close()
