@@ -7,8 +7,8 @@ the answer's opening ``{"route": "``), greedy sampling and - in ``constrained`` 
 candidate name or ``other``. Generation stops as soon as the tokens decoded so far start exactly one valid
 answer: the constraint can only complete that one, so its remaining tokens are not generated (with a
 byte-level tokenizer, ``code_review`` beside ``code_generation`` is decided after ``code_r``, not after
-eleven tokens), and no end-of-sequence step is waited for. Leaving ``classify`` early - a timeout cancelling the awaiting task
-- cancels the job, and the engine drops it at its next step.
+eleven tokens), and no end-of-sequence step is waited for. Leaving ``classify`` early - a timeout
+cancelling the awaiting task - cancels the job, and the engine drops it at its next step.
 
 mlx and higgs-mlx are imported inside the functions, so importing this module stays cheap.
 """
