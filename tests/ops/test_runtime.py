@@ -83,6 +83,11 @@ def test_live_and_stale_instances(isolated):
 def test_pid_reused_by_another_program_is_stale(isolated):
     other = subprocess.Popen(["sleep", "30"])
     try:
+        cmdline = Path(f"/proc/{other.pid}/cmdline")
+        for _ in range(200):  # until the child has exec'd (before that it shows no command line, or ours)
+            if not cmdline.exists() or b"sleep" in cmdline.read_bytes():
+                break
+            time.sleep(0.01)
         paths = RuntimePaths.for_profile(None)
         paths.ensure_dirs()
         paths.pid.write_text(f"{other.pid}\n")
