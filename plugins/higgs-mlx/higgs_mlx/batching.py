@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from higgs_mlx.compiled import CompiledDecoder
+    from higgs_mlx.compiled import CompiledDecoder, Reference
     from higgs_mlx.engine import Job
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,11 @@ def can_batch(cache: list[Any]) -> bool:
     return bool(cache) and all(callable(getattr(type(c), "merge", None)) for c in cache)
 
 
-def check_batching(model: Any, prompts: list[list[int]], steps: int = 3) -> str | None:
+def check_batching(model: Any, prompts: list[list[int]], steps: int = 3, reference: Reference | None = None
+                   ) -> str | None:
     """Decode ``prompts`` (different lengths) together through mlx-lm's batch caches, fed the tokens of
-    one-by-one decoding; None when every step's log-probabilities agree, else why not. Some of mlx-lm's
+    one-by-one decoding (``reference``, made here when not given); None when every step's log-probabilities
+    agree, else why not. Some of mlx-lm's
     attention code does not take batch masks (gemma2 reshapes queries to 5 dimensions, so a ``(B, 1, 1, S)``
     mask lands on the heads axis)."""
     import mlx.core as mx
@@ -53,16 +55,15 @@ def check_batching(model: Any, prompts: list[list[int]], steps: int = 3) -> str 
 
     from higgs_mlx.compiled import solo_reference
 
-    reference = solo_reference(model, prompts, steps)
+    reference = reference or solo_reference(model, prompts, steps)
     cache = []
     for layer in range(len(reference.rows[0])):
         parts = []
         for row in reference.rows:
             c = KVCache()  # type: ignore[no-untyped-call]
-            c.keys, c.values = row[layer]
-            c.offset = int(c.keys.shape[2])
+            c.state = (*row[layer], int(row[layer][0].shape[2]))
             parts.append(c)
-        cache.append(type(parts[0]).merge(parts))  # type: ignore[no-untyped-call]
+        cache.append(KVCache.merge(parts))  # type: ignore[no-untyped-call]
 
     def step(tokens: Any) -> Any:
         logits = model(tokens[:, None], cache=cache)[:, -1, :]
@@ -250,7 +251,6 @@ class DecodeBatch:
         if not kv:
             return
         self.cache = StaticBatchCache.from_rows(kv)
-        self.batched = True
         self.tokens = tokens[0] if len(tokens) == 1 else mx.concatenate(tokens)
         self.logprobs = logprobs[0] if len(logprobs) == 1 else mx.concatenate(logprobs)
 

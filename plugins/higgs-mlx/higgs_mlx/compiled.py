@@ -279,13 +279,14 @@ def solo_reference(model: Any, prompts: Sequence[list[int]], steps: int) -> Refe
     return Reference(rows, [mx.concatenate(t) for t in inputs], [mx.concatenate(lp) for lp in logprobs])
 
 
-def check(model: Any, prompts: Sequence[list[int]], steps: int = 3) -> str | None:
+def check(model: Any, prompts: Sequence[list[int]], steps: int = 3, reference: Reference | None = None) -> str | None:
     """Decode ``prompts`` (one row each, of different lengths) together with the compiled step, fed the
-    tokens of one-by-one eager decoding; None when every step's log-probabilities agree, else why not."""
+    tokens of one-by-one eager decoding (``reference``, made here when not given); None when every step's
+    log-probabilities agree, else why not."""
     reason = supported(model)
     if reason:
         return reason
-    reference = solo_reference(model, prompts, steps)
+    reference = reference or solo_reference(model, prompts, steps)
     try:
         decoder = CompiledDecoder(model)
         static = StaticBatchCache.from_rows(reference.rows)

@@ -500,13 +500,15 @@ class Engine:
             vocab = int(lm.config.get("vocab_size") or 256)
             prompts = [[(7 * i + 3) % vocab for i in range(12)], [(5 * i + 11) % vocab for i in range(7)]]
             plain = compiled.supported(lm.model) is None  # the checks below need plain KVCache layers
-            batch_reason = check_batching(lm.model, prompts) if plain else None
+            # one solo decoding of the prompts is the reference of both checks
+            reference = compiled.solo_reference(lm.model, prompts, 3) if plain else None
+            batch_reason = check_batching(lm.model, prompts, reference=reference) if plain else None
             if batch_reason:
                 log.warning("%s decodes one request at a time: %s", lm.name, batch_reason)
                 self.eager_reasons[lm.name] = batch_reason
             decoder = None
             if not batch_reason and (self.compiled_decode if self.compiled_decode is not None else not on_cpu()):
-                reason = compiled.check(lm.model, prompts)
+                reason = compiled.check(lm.model, prompts, reference=reference)
                 if reason is None:
                     decoder = compiled.CompiledDecoder(lm.model)
                 else:
