@@ -20,6 +20,8 @@ from typing import Any
 from higgs.errors import ConfigError
 from higgs.specs import ArchitectureSpec
 
+from higgs_mlx.row_folding import fold_quantized_rows
+
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tiktoken.model", "vocab.json")
@@ -222,6 +224,7 @@ def load_model_dir(path: Path, architectures: Mapping[str, ArchitectureSpec], *,
     if float32_on_cpu and on_cpu():
         count = cast_float_params(model, mx.float32)
         log.info("%s: %d parameter arrays cast to float32 for the CPU backend", name, count)
+    fold_quantized_rows(model)  # one weight read per batched step (row_folding)
     eos = config.get("eos_token_id")
     try:
         tokenizer = load_tokenizer(path, eos_token_ids=[eos] if isinstance(eos, int) else eos)
