@@ -191,6 +191,8 @@ async def main_async(args: argparse.Namespace) -> int:
     ref_model, _ = load(str(model_dir))
     # One engine per variant, each on its own thread; the compiled decode step is the default.
     engines = {"higgs engine": Engine()}
+    if args.masked:
+        engines["higgs engine (masked)"] = Engine(attention_kernel=False)
     if args.eager:
         engines["higgs engine (eager)"] = Engine(compiled_decode=False)
     lms = {}
@@ -201,7 +203,9 @@ async def main_async(args: argparse.Namespace) -> int:
         lm = dataclasses.replace(lm, eos_ids=set())  # generate exactly --gen tokens, like ignore_eos
         _, decoder = await asyncio.wrap_future(engine.call(functools.partial(engine.prepare, lm)))
         lms[name] = lm
-        print(f"{name}: compiled decode steps {'on' if decoder else 'off'} {engine.eager_reasons or ''}", flush=True)
+        steps = ("off" if decoder is None else "on, decode-attention kernel" if decoder.attention_kernel
+                 else "on, masked attention")
+        print(f"{name}: compiled decode steps {steps} {engine.eager_reasons or ''}", flush=True)
     # A fresh prompt per run (the pair of runs in one repeat shares it): higgs's prefix cache must not turn
     # a repeated prompt into a cache hit and the prefill measurement into a lookup.
     prompts = [random_prompt(config["vocab_size"], args.prompt, args.seed + 1000 + i) for i in range(args.repeats)]
@@ -273,6 +277,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eager", action="store_true", help="also run the engine with compiled decode steps off")
+    ap.add_argument("--masked", action="store_true",
+                    help="also run compiled steps without the decode-attention kernel (MLX's masked attention)")
     ap.add_argument("--http", action="store_true", help="also compare `higgs serve` with `mlx_lm server` over HTTP")
     ap.add_argument("--port", type=int, default=8731, help="first loopback port for --http servers")
     xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -3,7 +3,8 @@
 #
 #   bench/gpu.sh install WHEEL_DIR...   install every *.whl found (and a wheel split into *.part.* pieces,
 #                                       joined first) into $SITE with --no-deps, link CUDA's libraries
-#   bench/gpu.sh engine|autorouter|batching|qwen-batching [LOG_DIR]   one benchmark (logs in LOG_DIR)
+#   bench/gpu.sh kernels|engine|qwen-engine|autorouter|batching|qwen-batching [LOG_DIR]   one step (logs in
+#                                       LOG_DIR); PROFILE=1 adds py-spy to engine and batching (slows higgs)
 #
 # What to bring (pip download --only-binary=:all: --python-version 3.12 ... on a machine with network):
 # mlx, mlx-cuda-13 and mlx-lm; higgs and every plugin built as wheels (`uv build --wheel`); and the
@@ -35,8 +36,15 @@ case "$step" in
     "$PY" -c 'import mlx.core as mx, mlx_lm, higgs_mlx; print("mlx", mx.__version__, mx.default_device(), "cuda", mx.cuda.is_available())'
     "$PY" -m higgs plugins list > /tmp/plugins.txt && head -3 /tmp/plugins.txt
     ;;
-  engine)  # single-stream prefill/decode vs mlx-lm's generate_step, compiled and eager decode steps
-    run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --eager)
+  kernels)  # the decode-attention kernel's CUDA tests, then the kernel and row folding against MLX's ways
+    "$PY" -m pytest -q -p no:cacheprovider plugins/higgs-mlx/tests/test_mlx_decode_attention.py \
+      plugins/higgs-mlx/tests/test_mlx_row_folding.py
+    "$PY" bench/decode_attention.py
+    "$PY" bench/row_folding.py --rows 1,2,4,8,16,32
+    ;;
+  engine)  # single-stream prefill/decode vs mlx-lm's generate_step: compiled steps with the decode-attention
+    # kernel (the default), with MLX's masked attention, and eager steps
+    run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --masked --eager)
     # PROFILE=1: and where the threads spend the time (py-spy slows the two-thread engine path more than
     # mlx-lm's loop: 0.79x / 0.70x under it against 0.92x / 0.89x without, so no numbers from such a run)
     if [ "${PROFILE:-0}" = 1 ] && command -v py-spy >/dev/null; then
@@ -47,24 +55,27 @@ case "$step" in
     fi
     ;;
   qwen-engine)
-    "$PY" bench/engine.py --preset qwen3-1.7b --prompt 512 --gen 128 --repeats 5 --eager
+    "$PY" bench/engine.py --preset qwen3-1.7b --prompt 512 --gen 128 --repeats 5 --masked
     ;;
   autorouter)  # classification latency for a ~1k-token conversation on the Qwen3-1.7B shape
     "$PY" bench/autorouter.py --preset qwen3-1.7b --repeats 20 --warmup 3
     ;;
-  batching)  # higgs (compiled and eager decode steps) vs mlx_lm server over HTTP
-    "$PY" bench/batching.py --preset llama-3.2-1b-instruct --servers higgs,higgs-eager,mlx_lm \
-      --levels 1,2,4,8,16 --rounds 2 --prefix-reps 2 --max-seconds 200 --json "${1:-/tmp}/batching.json" --profile
+  batching)  # higgs vs mlx_lm server over HTTP (SERVERS: e.g. higgs,higgs-eager,higgs-masked,mlx_lm)
+    profile=(); [ "${PROFILE:-0}" = 1 ] && profile=(--profile)
+    "$PY" bench/batching.py --preset llama-3.2-1b-instruct --servers "${SERVERS:-higgs,mlx_lm}" \
+      --levels "${LEVELS:-1,2,4,8,16,32}" --rounds 2 --prefix-reps 2 --max-seconds 200 \
+      --json "${1:-/tmp}/batching.json" "${profile[@]}"
     for f in /tmp/higgs-bench-batching/*-profile.txt; do
+      [ -f "$f" ] || continue
       echo "-- $f"; "$PY" bench/profile_summary.py "$f" --top 8; cp "$f" "${1:-/tmp}/" || true
     done
     ;;
   qwen-batching)
-    "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels 1,4,8,16 --rounds 2 \
+    "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels "${LEVELS:-1,4,8,16}" --rounds 2 \
       --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"
     ;;
   *)
-    echo "usage: bench/gpu.sh install WHEEL_DIR... | engine | qwen-engine | autorouter | batching | qwen-batching" >&2
+    echo "usage: bench/gpu.sh install WHEEL_DIR... | kernels | engine | qwen-engine | autorouter | batching | qwen-batching" >&2
     exit 2
     ;;
 esac

@@ -52,17 +52,21 @@ def capacity(n: int) -> int:
 class _LayerView:
     """mlx-lm's cache protocol for one attention layer inside the compiled step."""
 
-    def __init__(self, keys: Any, values: Any, start: Any, offset: Any, mask: Any) -> None:
+    def __init__(self, keys: Any, values: Any, start: Any, left: Any, offset: Any, mask: Any,
+                 kernel: bool) -> None:
         self.keys, self.values = keys, values
         self.offset = offset  # (B,) positions of the new token, for RoPE
-        self._start = start
+        self.start = start  # (1,) the write index
+        self.left = left  # (B,) each row's first valid position
+        self.kernel = kernel  # attend with ``decode_attention`` where it takes the shapes
+        self.kernel_used = False  # set (while tracing) when it did
         self._mask = mask
 
     def update_and_fetch(self, keys: Any, values: Any) -> tuple[Any, Any]:
         import mlx.core as mx
 
-        self.keys = mx.slice_update(self.keys, keys, self._start, axes=(2,))
-        self.values = mx.slice_update(self.values, values, self._start, axes=(2,))
+        self.keys = mx.slice_update(self.keys, keys, self.start, axes=(2,))
+        self.values = mx.slice_update(self.values, values, self.start, axes=(2,))
         return self.keys, self.values
 
     def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> Any:
@@ -167,13 +171,52 @@ def rows_from_kv_caches(caches: Sequence[Any]) -> RowKV:
     return [(c.keys[..., : c.offset, :], c.values[..., : c.offset, :]) for c in caches]
 
 
-class CompiledDecoder:
-    """The compiled decode step of one model (``mode`` picks what it returns; each is its own trace)."""
+_base_attention: Any = None
 
-    def __init__(self, model: Any) -> None:
+
+def _attention(queries: Any, keys: Any, values: Any, cache: Any, scale: float, mask: Any,
+               sinks: Any = None) -> Any:
+    """mlx-lm's ``scaled_dot_product_attention``, with the fused decode kernel for a compiled step's layers."""
+    from higgs_mlx import decode_attention
+
+    if (isinstance(cache, _LayerView) and cache.kernel and sinks is None
+            and decode_attention.supports(queries, keys, values)):
+        cache.kernel_used = True
+        return decode_attention.attention(queries, keys, values, cache.left, cache.start, scale)
+    return _base_attention(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
+
+
+def install_attention(model: Any) -> None:
+    """Route the attention of ``model``'s mlx-lm modules through ``_attention`` (a pass-through for any
+    cache but a compiled step's): mlx-lm's models call the ``scaled_dot_product_attention`` they imported
+    from ``mlx_lm.models.base``, so the name is replaced in those modules."""
+    import sys
+
+    from mlx_lm.models import base
+
+    global _base_attention
+    _base_attention = _base_attention or base.scaled_dot_product_attention
+    for layer in model.modules():
+        namespace = sys.modules.get(type(layer).__module__)
+        if getattr(namespace, "scaled_dot_product_attention", None) is _base_attention:
+            namespace.scaled_dot_product_attention = _attention  # type: ignore[union-attr]
+
+
+class CompiledDecoder:
+    """The compiled decode step of one model (``mode`` picks what it returns; each is its own trace).
+
+    ``attention_kernel``: attend with ``decode_attention``'s fused kernel (CUDA) instead of MLX's masked
+    attention."""
+
+    def __init__(self, model: Any, attention_kernel: bool = False) -> None:
         import mlx.core as mx
 
         self.model = model
+        self.attention_kernel = attention_kernel
+        #: Layers that attended with the kernel in the last trace.
+        self.kernel_layers = 0
+        if attention_kernel:
+            install_attention(model)
         self._steps = {mode: mx.compile(self._make_step(mode)) for mode in ("greedy", "logits")}
 
     def _make_step(self, mode: str) -> Any:
@@ -185,8 +228,10 @@ class CompiledDecoder:
             mask = ((positions[None] >= left[:, None]) & (positions[None] <= write))[:, None, None, :]
             offset = write - left
             start = write.reshape(1)
-            views = [_LayerView(buffers[i], buffers[half + i], start, offset, mask) for i in range(half)]
+            views = [_LayerView(buffers[i], buffers[half + i], start, left, offset, mask, self.attention_kernel)
+                     for i in range(half)]
             logits = self.model(tokens[:, None], cache=views)[:, -1, :]
+            self.kernel_layers = sum(v.kernel_used for v in views)
             if mode == "greedy":  # the same arithmetic as the eager path (and mlx-lm's generate_step)
                 logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
                 head: tuple[Any, ...] = (mx.argmax(logprobs, axis=-1), logprobs)
@@ -279,17 +324,30 @@ def solo_reference(model: Any, prompts: Sequence[list[int]], steps: int) -> Refe
     return Reference(rows, [mx.concatenate(t) for t in inputs], [mx.concatenate(lp) for lp in logprobs])
 
 
-def check(model: Any, prompts: Sequence[list[int]], steps: int = 3, reference: Reference | None = None) -> str | None:
+def check(model: Any, prompts: Sequence[list[int]], steps: int = 3, reference: Reference | None = None,
+          attention_kernel: bool = False) -> str | None:
     """Decode ``prompts`` (one row each, of different lengths) together with the compiled step, fed the
     tokens of one-by-one eager decoding (``reference``, made here when not given); None when every step's
     log-probabilities agree, else why not."""
+    return checked_decoder(model, prompts, steps, reference, attention_kernel)[1]
+
+
+def checked_decoder(model: Any, prompts: Sequence[list[int]], steps: int = 3, reference: Reference | None = None,
+                    attention_kernel: bool = False) -> tuple[CompiledDecoder | None, str | None]:
+    """``check()``, returning the checked decoder too: ``(decoder, None)``, or ``(None, why not)``."""
     reason = supported(model)
     if reason:
-        return reason
+        return None, reason
     reference = reference or solo_reference(model, prompts, steps)
     try:
-        decoder = CompiledDecoder(model)
+        decoder = CompiledDecoder(model, attention_kernel)
         static = StaticBatchCache.from_rows(reference.rows)
-        return reference.mismatch(lambda tokens: decoder(static, tokens, "greedy")[1], "compiled steps'")
+        what = "compiled steps' (decode-attention kernel)" if attention_kernel else "compiled steps'"
+        reason = reference.mismatch(lambda tokens: decoder(static, tokens, "greedy")[1], what)
+        if attention_kernel and not reason and not decoder.kernel_layers:
+            reason = ("the decode-attention kernel takes none of its attention layers (one query token, "
+                      "float16 or bfloat16, equal key and value head sizes)")
     except Exception as err:  # the model's attention does not take this cache
-        return f"its attention does not trace with a fixed-size cache ({type(err).__name__}: {err})"
+        kind = "the decode-attention kernel" if attention_kernel else "its attention"
+        reason = f"{kind} does not trace with a fixed-size cache ({type(err).__name__}: {err})"
+    return (None, reason) if reason else (decoder, None)

@@ -155,7 +155,8 @@ class Engine:
                  max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE,
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
-                 compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS) -> None:
+                 compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS,
+                 attention_kernel: bool | None = None) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming): at least this many tokens,
@@ -186,6 +187,9 @@ class Engine:
         #: Batched decode steps through the model's compiled step function where the model allows it
         #: (None: on a GPU, off on MLX's CPU backend, where the step is bound by the kernels, not the host).
         self.compiled_decode = compiled_decode
+        #: Compiled steps attend with the fused decode-attention kernel (``decode_attention``; None: where
+        #: it is available, i.e. on CUDA), else with MLX's masked attention. Checked per model like the step.
+        self.attention_kernel = attention_kernel
         self._prepared: dict[int, tuple[bool, Any]] = {}
         #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
         self.eager_reasons: dict[str, str] = {}
@@ -284,6 +288,7 @@ class Engine:
             "rejected_requests": self.rejected,
             "grouped_prefills": self.grouped_prefills,
             "compiled_decode_models": sum(1 for _, d in self._prepared.values() if d is not None),
+            "attention_kernel_models": sum(1 for _, d in self._prepared.values() if d and d.attention_kernel),
             "kv_cache_bytes": kv,
             **self.prefix.state(),
             "completed_requests": self.completed,
@@ -494,11 +499,12 @@ class Engine:
         trace happen before the first request."""
         key = id(lm.model)
         if key not in self._prepared:
-            from higgs_mlx import compiled
+            from higgs_mlx import compiled, decode_attention
             from higgs_mlx.batching import check_batching
 
             vocab = int(lm.config.get("vocab_size") or 256)
-            prompts = [[(7 * i + 3) % vocab for i in range(12)], [(5 * i + 11) % vocab for i in range(7)]]
+            # rows of different lengths, one beyond a buffer step (``compiled.CAPACITY_STEP``)
+            prompts = [[(7 * i + 3) % vocab for i in range(70)], [(5 * i + 11) % vocab for i in range(37)]]
             plain = compiled.supported(lm.model) is None  # the checks below need plain KVCache layers
             # one solo decoding of the prompts is the reference of both checks
             reference = compiled.solo_reference(lm.model, prompts, 3) if plain else None
@@ -508,10 +514,17 @@ class Engine:
                 self.eager_reasons[lm.name] = batch_reason
             decoder = None
             if not batch_reason and (self.compiled_decode if self.compiled_decode is not None else not on_cpu()):
-                reason = compiled.check(lm.model, prompts, reference=reference)
-                if reason is None:
-                    decoder = compiled.CompiledDecoder(lm.model)
-                else:
+                kernel = self.attention_kernel
+                if kernel is None:
+                    kernel = decode_attention.available()
+                if kernel:
+                    decoder, reason = compiled.checked_decoder(lm.model, prompts, reference=reference,
+                                                               attention_kernel=True)
+                    if reason:
+                        log.warning("%s: compiled steps attend without the fused kernel: %s", lm.name, reason)
+                if decoder is None:
+                    decoder, reason = compiled.checked_decoder(lm.model, prompts, reference=reference)
+                if reason:
                     self.eager_reasons[lm.name] = reason
                     log.info("compiled decode steps off for %s: %s", lm.name, reason)
             self._prepared[key] = (batch_reason is None, decoder)

@@ -481,7 +481,8 @@ class MlxProvider(Provider):
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
     ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``interleave_ms``, ``group_prefill``,
-    ``compiled_decode`` (true/false) and ``prefix_cache_mb`` (0 turns the prefix cache off)."""
+    ``compiled_decode`` and ``attention_kernel`` (true/false) and ``prefix_cache_mb`` (0 turns the prefix cache
+    off)."""
     from higgs_mlx import engine as engine_mod
 
     options: dict[str, Any] = {}
@@ -498,11 +499,12 @@ def engine_options(server: Any) -> dict[str, Any]:
         if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
             raise ModelLoadError(f"[server] interleave_ms must be a number >= 0 (milliseconds), not {ms!r}")
         options["interleave_ms"] = float(ms)
-    compiled = getattr(server, "compiled_decode", None)
-    if compiled is not None:
-        if not isinstance(compiled, bool):
-            raise ModelLoadError(f"[server] compiled_decode must be true or false, not {compiled!r}")
-        options["compiled_decode"] = compiled
+    for key in ("compiled_decode", "attention_kernel"):
+        flag = getattr(server, key, None)
+        if flag is not None:
+            if not isinstance(flag, bool):
+                raise ModelLoadError(f"[server] {key} must be true or false, not {flag!r}")
+            options[key] = flag
     mb = getattr(server, "prefix_cache_mb", None)
     if mb is not None:
         if not isinstance(mb, (int, float)) or isinstance(mb, bool) or mb < 0:

@@ -275,6 +275,7 @@ def _drain(q: asyncio.Queue) -> list[Any]:
 def test_engine_options_from_server_settings():
     from higgs.config import ServerSettings
 
+    from higgs_mlx.engine import DEFAULT_PREFIX_CACHE_BYTES
     from higgs_mlx.loader import ModelLoadError
     from higgs_mlx.provider import engine_options
 
@@ -285,6 +286,10 @@ def test_engine_options_from_server_settings():
         engine_options(ServerSettings(max_batch="many"))
     with pytest.raises(ModelLoadError, match="prefix_cache_mb"):
         engine_options(ServerSettings(prefix_cache_mb=-1))
+    assert engine_options(ServerSettings(attention_kernel=False, compiled_decode=True)) == {
+        "attention_kernel": False, "compiled_decode": True, "prefix_cache_bytes": DEFAULT_PREFIX_CACHE_BYTES}
+    with pytest.raises(ModelLoadError, match="attention_kernel must be true or false"):
+        engine_options(ServerSettings(attention_kernel="yes"))
 
 
 async def test_overload_over_http_in_each_format(tiny_llama: Path):

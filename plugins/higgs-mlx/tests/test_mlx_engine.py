@@ -438,9 +438,9 @@ def test_every_server_key_the_engine_reads_is_declared():
     from higgs_mlx import provider as provider_module
 
     source = inspect.getsource(provider_module.engine_options)
-    read = set(re.findall(r'getattr\(server, "(\w+)"', source)) | set(re.findall(r'^\s+for key in \(([^)]*)\)',
-                                                                                 source, re.M)[0].replace('"', "")
-                                                                      .replace(" ", "").split(","))
+    read = set(re.findall(r'getattr\(server, "(\w+)"', source))
+    for keys in re.findall(r'^\s+for key in \(([^)]*)\)', source, re.M):
+        read |= set(keys.replace('"', "").replace(" ", "").split(","))
     read -= {"key", "batch"}  # batch is the kernel's own [server] key
     spec = higgs_mlx.higgs_providers()[0]
     assert read == set(spec.server_keys) == set(higgs_mlx.SERVER_KEYS)
