@@ -156,7 +156,7 @@ class Engine:
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
                  compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS,
-                 attention_kernel: bool | None = None) -> None:
+                 attention_kernel: bool = False) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming): at least this many tokens,
@@ -187,8 +187,9 @@ class Engine:
         #: Batched decode steps through the model's compiled step function where the model allows it
         #: (None: on a GPU, off on MLX's CPU backend, where the step is bound by the kernels, not the host).
         self.compiled_decode = compiled_decode
-        #: Compiled steps attend with the fused decode-attention kernel (``decode_attention``; None: where
-        #: it is available, i.e. on CUDA), else with MLX's masked attention. Checked per model like the step.
+        #: Compiled steps attend with the fused decode-attention kernel (``decode_attention``, CUDA), else
+        #: with MLX's masked attention. Checked per model like the step. Off by default until it has been
+        #: run and measured on a GPU (docs/engine.md).
         self.attention_kernel = attention_kernel
         self._prepared: dict[int, tuple[bool, Any]] = {}
         #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
@@ -499,7 +500,7 @@ class Engine:
         trace happen before the first request."""
         key = id(lm.model)
         if key not in self._prepared:
-            from higgs_mlx import compiled, decode_attention
+            from higgs_mlx import compiled
             from higgs_mlx.batching import check_batching
 
             vocab = int(lm.config.get("vocab_size") or 256)
@@ -514,10 +515,7 @@ class Engine:
                 self.eager_reasons[lm.name] = batch_reason
             decoder = None
             if not batch_reason and (self.compiled_decode if self.compiled_decode is not None else not on_cpu()):
-                kernel = self.attention_kernel
-                if kernel is None:
-                    kernel = decode_attention.available()
-                if kernel:
+                if self.attention_kernel:
                     decoder, reason = compiled.checked_decoder(lm.model, prompts, reference=reference,
                                                                attention_kernel=True)
                     if reason:

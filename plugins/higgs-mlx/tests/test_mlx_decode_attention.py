@@ -137,3 +137,8 @@ def test_without_a_kernel_the_engine_falls_back_to_masked_compiled_steps(tmp_pat
     assert batches and decoder is not None and not decoder.attention_kernel
     assert "attend without the fused kernel" in caplog.text and "decode-attention kernel takes none" in caplog.text
     assert engine.state()["attention_kernel_models"] == 0 and engine.state()["compiled_decode_models"] == 1
+    # off by default: no kernel check, no warning
+    caplog.clear()
+    lm = load_model_dir(path, {"qwen3": arch}, name="tiny2")
+    assert Engine(compiled_decode=True, prefix_cache_bytes=0).prepare(lm)[1] is not None
+    assert "fused kernel" not in caplog.text
