@@ -2,9 +2,9 @@
 
 Why: a batched decode step feeds every layer ``(B, 1, hidden)``. MLX's ``quantized_matmul`` treats the
 leading ``B`` as a batch of separate ``1 x hidden`` products against the same weights, and on CUDA (sm90)
-anything but a single row runs the tiled GEMM kernel once per batch entry: every weight matrix is read
-``B`` times per step, the tied ``lm_head`` included. Folding the leading dimensions into the rows of one
-``(B, hidden)`` product gives the same numbers from a single weight read.
+anything but a single row runs the tiled GEMM kernel once per batch entry: ``B`` one-row GEMMs per
+projection, and a large tied ``lm_head`` read from memory ``B`` times per step. Folding the leading
+dimensions into the rows of one ``(B, hidden)`` product gives the same numbers in one GEMM.
 
 How: the loaded model's ``QuantizedLinear`` and ``QuantizedEmbedding`` layers take subclasses whose
 ``__call__`` / ``as_linear`` reshape around the product (a free reshape of a contiguous input). The weights,
