@@ -126,6 +126,10 @@ class Registry:
         """The provider kind that serves ``[[models]]`` (the first local one), if any is installed."""
         return next((s for s in self.providers.values() if s.local), None)
 
+    def server_keys(self) -> list[str]:
+        """Dotted ``[server]`` keys the providers read beyond the kernel's schema (``server.max_batch``)."""
+        return [f"server.{key}" for spec in self.providers.values() for key in spec.server_keys]
+
     def provider_spec_for(self, name: str, kind: str | None, fmt: str) -> ProviderSpec | None:
         """The spec a ``[provider.NAME]`` section uses: its ``kind``, else the kind named NAME, else the
         kind named like ``fmt``, else the first non-local kind that speaks ``fmt``."""

@@ -92,8 +92,7 @@ def run_checks(profile: str | None = None, config: str | None = None, *,
     report.add("config", "file", "ok", f"{loaded.path} is valid" if loaded.exists else
                f"{loaded.path} does not exist: using defaults")
     registry = _check_plugins(report, settings)
-    known = [f"server.{key}" for spec in registry.providers.values() for key in spec.server_keys] if registry else []
-    for warning in loaded.warnings_except(known):
+    for warning in loaded.warnings_except(registry.server_keys() if registry else []):
         report.add("config", "warning", "warn", warning)
     if registry is None:
         return report

@@ -56,8 +56,7 @@ def serve(
         if info.status == "error":
             log.warning("plugin %s skipped: %s", info.name, info.error)
     registry = Registry.build(plugins)
-    for warning in loaded.warnings_except(f"server.{key}" for spec in registry.providers.values()
-                                          for key in spec.server_keys):
+    for warning in loaded.warnings_except(registry.server_keys()):
         log.warning("%s", warning)
     plugins.check_required()
     problems = registry_problems(settings, registry.formats, registry.providers)

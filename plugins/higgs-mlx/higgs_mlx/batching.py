@@ -47,9 +47,8 @@ def check_batching(model: Any, prompts: list[list[int]], steps: int = 3, referen
                    ) -> str | None:
     """Decode ``prompts`` (different lengths) together through mlx-lm's batch caches, fed the tokens of
     one-by-one decoding (``reference``, made here when not given); None when every step's log-probabilities
-    agree, else why not. Some of mlx-lm's
-    attention code does not take batch masks (gemma2 reshapes queries to 5 dimensions, so a ``(B, 1, 1, S)``
-    mask lands on the heads axis)."""
+    agree, else why not. Some of mlx-lm's attention code does not take batch masks (gemma2 reshapes queries
+    to 5 dimensions, so a ``(B, 1, 1, S)`` mask lands on the heads axis)."""
     import mlx.core as mx
     from mlx_lm.models.cache import KVCache
 

@@ -58,6 +58,37 @@ class LlamaArchPlugin:
         return [LLAMA]
 
 
+async def engine_greedy(engine: Any, lm: Any, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """Submit every prompt at once to a started ``Engine`` (greedy, ``ignore_eos``, ``n`` tokens) and
+    return each one's generated token ids, read from the chunks' logprobs."""
+    import asyncio
+
+    from higgs.messages import Sampling
+
+    from higgs_mlx.engine import Chunk, Done, Failed, Job
+    from higgs_mlx.sampling import RequestSampler
+
+    loop = asyncio.get_running_loop()
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in prompts]
+    for prompt, q in zip(prompts, queues, strict=True):
+        engine.submit(Job(lm=lm, prompt=prompt, max_tokens=n, sampler=RequestSampler(Sampling(temperature=0)),
+                          top_logprobs=0, ignore_eos=True,
+                          emit=lambda item, q=q: loop.call_soon_threadsafe(q.put_nowait, item)))
+    out: list[list[int]] = []
+    for q in queues:
+        tokens: list[int] = []
+        while True:
+            item = await asyncio.wait_for(q.get(), 60)
+            if isinstance(item, Failed):
+                raise item.error
+            if isinstance(item, Chunk) and item.logprobs:
+                tokens.extend(e["id"] for e in item.logprobs)
+            if isinstance(item, Done):
+                break
+        out.append(tokens)
+    return out
+
+
 def mlx_app(settings: dict[str, Any]) -> Any:
     """The real gateway app with this plugin and the llama architecture, built from ``settings``."""
     from higgs.testing import build_app

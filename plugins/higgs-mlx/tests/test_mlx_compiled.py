@@ -8,14 +8,13 @@ from typing import Any
 
 import mlx.core as mx
 import pytest
-from higgs.messages import Sampling
 from higgs.specs import ArchitectureSpec
+from mlx_support import engine_greedy
 
 from higgs_mlx import compiled
 from higgs_mlx.batching import check_batching
-from higgs_mlx.engine import Chunk, Done, Engine, Failed, Job
+from higgs_mlx.engine import Engine
 from higgs_mlx.loader import load_model_dir
-from higgs_mlx.sampling import RequestSampler
 from higgs_mlx.testing import TINY_CONFIGS, build_tiny_model
 
 PROMPTS = [[(7 * i + 3) % 300 for i in range(12)], [(5 * i + 11) % 300 for i in range(7)]]
@@ -85,28 +84,6 @@ def test_which_architectures_batch_and_compile(tiny_models: dict[str, Path]):
     assert compiled.check(_load(tiny_models["gemma2"]), PROMPTS[:1], steps=6) is None
 
 
-async def _generate(engine: Engine, lm: Any, prompts: list[list[int]], n: int) -> list[list[int]]:
-    loop = asyncio.get_running_loop()
-    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in prompts]
-    for prompt, q in zip(prompts, queues, strict=True):
-        engine.submit(Job(lm=lm, prompt=prompt, max_tokens=n, sampler=RequestSampler(Sampling(temperature=0)),
-                          top_logprobs=0, ignore_eos=True,
-                          emit=lambda item, q=q: loop.call_soon_threadsafe(q.put_nowait, item)))
-    out: list[list[int]] = []
-    for q in queues:
-        tokens: list[int] = []
-        while True:
-            item = await asyncio.wait_for(q.get(), 60)
-            if isinstance(item, Failed):
-                raise item.error
-            if isinstance(item, Chunk) and item.logprobs:
-                tokens.extend(e["id"] for e in item.logprobs)
-            if isinstance(item, Done):
-                break
-        out.append(tokens)
-    return out
-
-
 def _mlx_lm_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
     from mlx_lm.generate import generate_step
 
@@ -127,7 +104,7 @@ async def test_engine_decodes_like_mlx_lm_batched_and_compiled_where_checked(tin
         batches, decoder = await asyncio.wrap_future(engine.call(lambda: engine.prepare(lm)))
         assert (batches, decoder is not None) == ((False, False) if model_type == "gemma2" else (True, True))
         prompts = [PROMPTS[0], PROMPTS[1], [(3 * i + 1) % 300 for i in range(30)]]
-        got = await _generate(engine, lm, prompts, 10)
+        got = await engine_greedy(engine, lm, prompts, 10)
         assert got == [_mlx_lm_greedy(lm.model, p, 10) for p in prompts]
         assert engine.peak_batch == (0 if model_type == "gemma2" else 3)
     finally:
@@ -145,7 +122,7 @@ async def test_a_long_generation_grows_the_compiled_cache_and_stays_exact(tiny_m
         lm = await asyncio.wrap_future(engine.call(lambda: load_model_dir(tiny_models["llama"], {"llama": spec},
                                                                           name="m")))
         prompts = [PROMPTS[0], PROMPTS[1]]
-        got = await _generate(engine, lm, prompts, 60)
+        got = await engine_greedy(engine, lm, prompts, 60)
         assert got == [_mlx_lm_greedy(lm.model, p, 60) for p in prompts]
         assert engine.state()["compiled_decode_models"] == 1
     finally:

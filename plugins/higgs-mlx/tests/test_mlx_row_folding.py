@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from higgs.messages import Sampling
-from higgs.specs import ArchitectureSpec
+from mlx_support import ARCHES, engine_greedy
 
-from higgs_mlx.engine import Chunk, Done, Engine, Failed, Job
+from higgs_mlx.engine import Engine
 from higgs_mlx.loader import load_model_dir
 from higgs_mlx.row_folding import fold_quantized_rows
-from higgs_mlx.sampling import RequestSampler
 from higgs_mlx.testing import build_tiny_model
-
-ARCH = {"llama": ArchitectureSpec(name="llama", model_types=("llama",), module="mlx_lm.models.llama")}
 
 
 @pytest.fixture(scope="module")
@@ -42,28 +37,6 @@ def test_folded_layers_compute_the_same_products():
     assert "weight" in linear.parameters() and fold_quantized_rows(model) == 0  # already folded
 
 
-async def _generate(engine: Engine, lm: Any, prompts: list[list[int]], n: int) -> list[list[int]]:
-    loop = asyncio.get_running_loop()
-    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in prompts]
-    for prompt, q in zip(prompts, queues, strict=True):
-        engine.submit(Job(lm=lm, prompt=prompt, max_tokens=n, sampler=RequestSampler(Sampling(temperature=0)),
-                          top_logprobs=0, ignore_eos=True,
-                          emit=lambda item, q=q: loop.call_soon_threadsafe(q.put_nowait, item)))
-    out: list[list[int]] = []
-    for q in queues:
-        tokens: list[int] = []
-        while True:
-            item = await asyncio.wait_for(q.get(), 60)
-            if isinstance(item, Failed):
-                raise item.error
-            if isinstance(item, Chunk) and item.logprobs:
-                tokens.extend(e["id"] for e in item.logprobs)
-            if isinstance(item, Done):
-                break
-        out.append(tokens)
-    return out
-
-
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 async def test_batched_quantized_model_decodes_like_mlx_lm_alone(quantized_llama: Path, compiled: bool):
     """Three requests decoding together through the folded 4-bit layers give mlx-lm's own solo tokens."""
@@ -73,13 +46,13 @@ async def test_batched_quantized_model_decodes_like_mlx_lm_alone(quantized_llama
     engine = Engine(compiled_decode=compiled, prefix_cache_bytes=0)
     engine.start()
     try:
-        lm = await asyncio.wrap_future(engine.call(lambda: load_model_dir(quantized_llama, ARCH, name="q4")))
+        lm = await asyncio.wrap_future(engine.call(lambda: load_model_dir(quantized_llama, ARCHES, name="q4")))
         assert type(lm.model.model.layers[0].self_attn.q_proj).__name__ == "RowFoldedQuantizedLinear"
         assert lm.model.args.tie_word_embeddings and not hasattr(lm.model, "lm_head")
         assert type(lm.model.model.embed_tokens).__name__ == "RowFoldedQuantizedEmbedding"
         prompts = [[(7 * i + 3) % 300 for i in range(20)], [(5 * i + 11) % 300 for i in range(9)],
                    [(3 * i + 1) % 300 for i in range(33)]]
-        got = await _generate(engine, lm, prompts, 12)
+        got = await engine_greedy(engine, lm, prompts, 12)
         assert engine.peak_batch == 3
     finally:
         engine.stop()
