@@ -324,13 +324,13 @@ async def main_async(args: argparse.Namespace) -> int:
     prompts = Prompts(model_dir, args.seed)
     eager_config = args.log_dir / "higgs-eager.toml"
     eager_config.write_text("[server]\ncompiled_decode = false\n")
-    kernel_config = args.log_dir / "higgs-kernel.toml"
-    kernel_config.write_text("[server]\nattention_kernel = true\n")
+    masked_config = args.log_dir / "higgs-masked.toml"
+    masked_config.write_text("[server]\nattention_kernel = false\n")
     commands = {
         "higgs": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--max-tokens", "100000"],
         "higgs-eager": [sys.executable, "-m", "higgs", "serve", "--config", str(eager_config), "--model",
                         str(model_dir), "--max-tokens", "100000"],
-        "higgs-kernel": [sys.executable, "-m", "higgs", "serve", "--config", str(kernel_config), "--model",
+        "higgs-masked": [sys.executable, "-m", "higgs", "serve", "--config", str(masked_config), "--model",
                          str(model_dir), "--max-tokens", "100000"],
         "higgs-nobatch": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--no-batch"],
         "mlx_lm": [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)],
@@ -357,7 +357,8 @@ def main() -> int:
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "higgs" / "bench-models")
     ap.add_argument("--servers", default="higgs,mlx_lm", help="comma list of higgs, higgs-eager (compiled decode "
-                    "steps off), higgs-kernel (compiled steps with the decode-attention kernel), higgs-nobatch, "
+                    "steps off), higgs-masked (compiled steps with MLX's masked attention, not the decode-attention "
+                    "kernel), higgs-nobatch, "
                     "mlx_lm (the last one is the baseline of the ratios)")
     ap.add_argument("--levels", default="1,2,4,8,16")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens per request at each level")

@@ -191,8 +191,8 @@ async def main_async(args: argparse.Namespace) -> int:
     ref_model, _ = load(str(model_dir))
     # One engine per variant, each on its own thread; the compiled decode step is the default.
     engines = {"higgs engine": Engine()}
-    if args.kernel:
-        engines["higgs engine (attention kernel)"] = Engine(attention_kernel=True)
+    if args.masked:
+        engines["higgs engine (masked attention)"] = Engine(attention_kernel=False)
     if args.eager:
         engines["higgs engine (eager)"] = Engine(compiled_decode=False)
     lms = {}
@@ -277,8 +277,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eager", action="store_true", help="also run the engine with compiled decode steps off")
-    ap.add_argument("--kernel", action="store_true",
-                    help="also run compiled steps with the decode-attention kernel (CUDA; off by default)")
+    ap.add_argument("--masked", action="store_true",
+                    help="also run compiled steps with MLX's masked attention instead of the decode-attention kernel "
+                         "(the CUDA default)")
     ap.add_argument("--http", action="store_true", help="also compare `higgs serve` with `mlx_lm server` over HTTP")
     ap.add_argument("--port", type=int, default=8731, help="first loopback port for --http servers")
     xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -42,9 +42,9 @@ case "$step" in
     "$PY" bench/decode_attention.py
     "$PY" bench/row_folding.py --rows 1,2,4,8,16,32
     ;;
-  engine)  # single-stream prefill/decode vs mlx-lm's generate_step: compiled steps (the default), the same
-    # with the decode-attention kernel, and eager steps
-    run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --kernel --eager)
+  engine)  # single-stream prefill/decode vs mlx-lm's generate_step: compiled steps (the default: with the
+    # decode-attention kernel on CUDA), the same with MLX's masked attention, and eager steps
+    run=("$PY" bench/engine.py --preset llama-3.2-1b-instruct --prompt 512 --gen 128 --repeats 9 --masked --eager)
     # PROFILE=1: and where the threads spend the time (py-spy slows the two-thread engine path more than
     # mlx-lm's loop: 0.79x / 0.70x under it against 0.92x / 0.89x without, so no numbers from such a run)
     if [ "${PROFILE:-0}" = 1 ] && command -v py-spy >/dev/null; then
@@ -55,14 +55,14 @@ case "$step" in
     fi
     ;;
   qwen-engine)
-    "$PY" bench/engine.py --preset qwen3-1.7b --prompt 512 --gen 128 --repeats 5 --kernel
+    "$PY" bench/engine.py --preset qwen3-1.7b --prompt 512 --gen 128 --repeats 5 --masked
     ;;
   autorouter)  # classification latency for a ~1k-token conversation on the Qwen3-1.7B shape
     "$PY" bench/autorouter.py --preset qwen3-1.7b --repeats 20 --warmup 3
     ;;
-  batching)  # higgs vs mlx_lm server over HTTP (SERVERS: e.g. higgs,higgs-kernel,higgs-eager,mlx_lm)
+  batching)  # higgs vs mlx_lm server over HTTP (SERVERS: e.g. higgs,higgs-masked,higgs-eager,mlx_lm)
     profile=(); [ "${PROFILE:-0}" = 1 ] && profile=(--profile)
-    "$PY" bench/batching.py --preset llama-3.2-1b-instruct --servers "${SERVERS:-higgs,higgs-kernel,mlx_lm}" \
+    "$PY" bench/batching.py --preset llama-3.2-1b-instruct --servers "${SERVERS:-higgs,higgs-masked,mlx_lm}" \
       --levels "${LEVELS:-1,2,4,8,16,32}" --rounds 2 --prefix-reps 2 --max-seconds 200 \
       --json "${1:-/tmp}/batching.json" "${profile[@]}"
     for f in /tmp/higgs-bench-batching/*-profile.txt; do

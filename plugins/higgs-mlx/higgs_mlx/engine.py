@@ -156,7 +156,7 @@ class Engine:
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
                  compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS,
-                 attention_kernel: bool = False) -> None:
+                 attention_kernel: bool | None = None) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming): at least this many tokens,
@@ -187,9 +187,8 @@ class Engine:
         #: Batched decode steps through the model's compiled step function where the model allows it
         #: (None: on a GPU, off on MLX's CPU backend, where the step is bound by the kernels, not the host).
         self.compiled_decode = compiled_decode
-        #: Compiled steps attend with the fused decode-attention kernel (``decode_attention``, CUDA), else
-        #: with MLX's masked attention. Checked per model like the step. Off by default until it has been
-        #: run and measured on a GPU (docs/engine.md).
+        #: Compiled steps attend with the fused decode-attention kernel (``decode_attention``), else with
+        #: MLX's masked attention; checked per model like the step. None: where the kernel runs (CUDA).
         self.attention_kernel = attention_kernel
         self._prepared: dict[int, tuple[bool, Any]] = {}
         #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
@@ -515,11 +514,12 @@ class Engine:
                 self.eager_reasons[lm.name] = batch_reason
             decoder = None
             if not batch_reason and (self.compiled_decode if self.compiled_decode is not None else not on_cpu()):
-                if self.attention_kernel:
+                if self._wants_kernel():
                     decoder, reason = compiled.checked_decoder(lm.model, prompts, reference=reference,
                                                                attention_kernel=True)
-                    if reason:
-                        log.warning("%s: compiled steps attend without the fused kernel: %s", lm.name, reason)
+                    if reason:  # a warning where it was asked for, news where it is only the default
+                        log.log(logging.WARNING if self.attention_kernel else logging.INFO,
+                                "%s: compiled steps attend without the fused kernel: %s", lm.name, reason)
                 if decoder is None:
                     decoder, reason = compiled.checked_decoder(lm.model, prompts, reference=reference)
                 if reason:
@@ -527,6 +527,14 @@ class Engine:
                     log.info("compiled decode steps off for %s: %s", lm.name, reason)
             self._prepared[key] = (batch_reason is None, decoder)
         return self._prepared[key]
+
+    def _wants_kernel(self) -> bool:
+        """Whether compiled steps try the decode-attention kernel first (``attention_kernel``)."""
+        if self.attention_kernel is not None:
+            return self.attention_kernel
+        from higgs_mlx import decode_attention
+
+        return decode_attention.available()
 
     def _batching(self, job: Job) -> bool:
         """Whether ``job`` decodes in its model's batch."""

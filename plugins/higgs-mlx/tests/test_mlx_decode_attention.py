@@ -142,3 +142,27 @@ def test_without_a_kernel_the_engine_falls_back_to_masked_compiled_steps(tmp_pat
     lm = load_model_dir(path, {"qwen3": arch}, name="tiny2")
     assert Engine(compiled_decode=True, prefix_cache_bytes=0).prepare(lm)[1] is not None
     assert "fused kernel" not in caplog.text
+
+
+def test_the_engine_uses_the_kernel_by_default_where_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture):
+    """``attention_kernel`` unset: compiled steps take the kernel where ``available()`` says it runs (here the
+    masked attention stands in for it); set to false, they keep the masked attention."""
+    from higgs.specs import ArchitectureSpec
+
+    from higgs_mlx.engine import Engine
+    from higgs_mlx.loader import load_model_dir
+
+    monkeypatch.setattr(decode_attention, "available", lambda: True)
+    monkeypatch.setattr(decode_attention, "attention", decode_attention.reference)
+    monkeypatch.setattr(decode_attention, "supports", lambda q, k, v: q.shape[2] == 1)
+    path = build_tiny_model("llama", tmp_path / "m")
+    arch = ArchitectureSpec(name="llama", model_types=("llama",), module="mlx_lm.models.llama")
+    engine = Engine(compiled_decode=True, prefix_cache_bytes=0)
+    decoder = engine.prepare(load_model_dir(path, {"llama": arch}, name="tiny"))[1]
+    assert decoder is not None and decoder.attention_kernel
+    assert engine.state()["attention_kernel_models"] == 1
+    engine = Engine(compiled_decode=True, attention_kernel=False, prefix_cache_bytes=0)
+    decoder = engine.prepare(load_model_dir(path, {"llama": arch}, name="tiny2"))[1]
+    assert decoder is not None and not decoder.attention_kernel
+    assert "fused kernel" not in caplog.text
