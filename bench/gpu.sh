@@ -71,7 +71,8 @@ case "$step" in
     done
     ;;
   qwen-batching)
-    "$PY" bench/batching.py --preset qwen3-1.7b --servers higgs,mlx_lm --levels "${LEVELS:-1,4,8,16}" --rounds 2 \
+    "$PY" bench/batching.py --preset qwen3-1.7b --servers "${SERVERS:-higgs,higgs-eager,mlx_lm}" \
+      --levels "${LEVELS:-1,4,8,16}" --rounds 2 \
       --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"
     ;;
   *)

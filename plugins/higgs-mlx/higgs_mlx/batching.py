@@ -85,7 +85,7 @@ class DecodeBatch:
         self.rows: list[Job] = []
         self.cache: Any = None  # list of mlx-lm cache layers, or a StaticBatchCache with a decoder
         self.batched = False  # False: one row on its own KVCache
-        self.tokens: Any = None  # pending tokens, shape (B,)
+        self.tokens: Any = None  # pending tokens, shape (B,) (or one per slot of a StaticBatchCache)
         self.logprobs: Any = None  # their log-probabilities, shape (B, vocab)
         self._joining: list[Job] = []
         self._groups: list[tuple[list[Job], list[Any], Any, Any]] = []
@@ -228,8 +228,9 @@ class DecodeBatch:
         grouped = {id(job) for jobs, *_ in groups for job in jobs}
         joiners, self._joining = [j for j in self._joining if id(j) not in grouped], []
         kv = self.cache.rows() if self.cache is not None else []
-        tokens = [self.tokens] if self.tokens is not None else []
-        logprobs = [self.logprobs] if self.logprobs is not None else []
+        rows = len(self.rows)  # the pending tokens may have a row per slot of the cache (compiled.slots)
+        tokens = [self.tokens[:rows]] if self.tokens is not None else []
+        logprobs = [self.logprobs[:rows]] if self.logprobs is not None else []
         for jobs, cache, y, lp in groups:
             keep = [i for i, job in enumerate(jobs) if not job.cancelled]
             if not keep:

@@ -38,6 +38,9 @@ CAPACITY_STEP = 64
 #: step is traced again (once per shape) each time the buffers grow.
 HEADROOM = 1
 
+#: Row slots are allocated up to this many at a time beyond the powers of two (``slots()``).
+SLOT_STEP = 8
+
 #: One row's KV: per layer, ``(keys, values)`` of shape ``(1, heads, length, dim)``.
 RowKV = list[tuple[Any, Any]]
 
@@ -47,6 +50,17 @@ def capacity(n: int) -> int:
     so the number of distinct shapes (and traces) stays small."""
     step = max(CAPACITY_STEP, (1 << max(0, n.bit_length() - 1)) // 8)
     return max(step, -(-n // step) * step)
+
+
+def slots(rows: int) -> int:
+    """Rows of the buffers (and of the traced step) for ``rows`` decoding rows: the next power of two up to
+    ``SLOT_STEP``, then the next multiple of it. Rows join and leave one by one as requests arrive and
+    finish; without slots every row count met is a new shape, traced (and its kernels built) while other
+    requests wait. Spare slots repeat the first row and their outputs are ignored; with the rows of a
+    projection folded into one product (``row_folding``), a few more rows cost little."""
+    if rows <= SLOT_STEP:
+        return 1 << max(0, rows - 1).bit_length()
+    return -(-rows // SLOT_STEP) * SLOT_STEP
 
 
 class _LayerView:
@@ -76,10 +90,12 @@ class _LayerView:
 
 
 class StaticBatchCache:
-    """The KV of ``B`` decoding rows in fixed-capacity buffers.
+    """The KV of ``B`` decoding rows in fixed-capacity buffers of ``slots(B)`` rows.
 
     Row ``r`` holds its positions at ``[left[r], write)`` of every layer's buffers; the next token of every
-    row is written at ``write``. Attributes are plain Python values except the buffers.
+    row is written at ``write``. The spare slots after the ``B`` rows repeat row 0 (so they attend to valid
+    positions); the step computes them and nothing reads them. Attributes are plain Python values except
+    the buffers.
     """
 
     def __init__(self, keys: list[Any], values: list[Any], write: int, left: list[int]) -> None:
@@ -94,8 +110,14 @@ class StaticBatchCache:
         import mlx.core as mx
 
         if self._left_array is None:
-            self._left_array = mx.array(self.left, dtype=mx.int32)
+            spare = self.slots - len(self.left)
+            self._left_array = mx.array(self.left + self.left[:1] * spare, dtype=mx.int32)
         return self._left_array
+
+    @property
+    def slots(self) -> int:
+        """Rows of the buffers: ``len(self)`` rows, then spare slots."""
+        return int(self.keys[0].shape[0])
 
     @property
     def capacity(self) -> int:
@@ -118,6 +140,7 @@ class StaticBatchCache:
         write = max(lengths)
         cap = capacity(write + headroom)
         left = [write - n for n in lengths]
+        spare = slots(len(rows)) - len(rows)
         keys: list[Any] = []
         values: list[Any] = []
         for layer in range(len(rows[0])):
@@ -130,6 +153,7 @@ class StaticBatchCache:
                     if pad:
                         pieces.insert(0, mx.zeros((b, h, pad, d), x.dtype))
                     parts.append(mx.concatenate(pieces, axis=2))
+                parts += parts[:1] * spare
                 out.append(parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0))
         return cls(keys, values, write, left)
 
@@ -140,10 +164,10 @@ class StaticBatchCache:
                 for r, pad in enumerate(self.left)]
 
     def filter(self, keep: list[int]) -> None:
-        """Keep only the rows ``keep`` (in that order)."""
+        """Keep only the rows ``keep`` (in that order), in ``slots(len(keep))`` slots."""
         import mlx.core as mx
 
-        index = mx.array(keep)
+        index = mx.array(keep + keep[:1] * (slots(len(keep)) - len(keep)))
         self.keys = [k[index] for k in self.keys]
         self.values = [v[index] for v in self.values]
         self.left = [self.left[i] for i in keep]
@@ -242,11 +266,15 @@ class CompiledDecoder:
         return step
 
     def __call__(self, cache: StaticBatchCache, tokens: Any, mode: str) -> tuple[Any, ...]:
-        """Run one step on ``tokens`` ``(B,)``: the cache's buffers are replaced by the step's outputs and
-        its write index advances. Returns ``(next tokens, logprobs)`` for ``greedy``, ``(logits,)`` else."""
+        """Run one step on ``tokens`` (``(B,)``, or one per slot): the cache's buffers are replaced by the
+        step's outputs and its write index advances. Returns ``(next tokens, logprobs)`` for ``greedy``,
+        ``(logits,)`` else, with one row per slot (the first ``B`` are the rows)."""
         import mlx.core as mx
 
         cache.ensure_room()
+        spare = cache.slots - int(tokens.shape[0])
+        if spare:
+            tokens = mx.concatenate([tokens, mx.zeros((spare,), tokens.dtype)])
         n = len(cache.keys)
         out = self._steps[mode](tokens, mx.array(cache.write, dtype=mx.int32), cache.left_array(),
                                 *cache.keys, *cache.values)
@@ -288,7 +316,7 @@ class Reference:
         import mlx.core as mx
 
         for n, (tokens, want) in enumerate(zip(self.inputs, self.logprobs, strict=True)):
-            got = step(tokens).astype(mx.float32)
+            got = step(tokens)[: want.shape[0]].astype(mx.float32)
             want = want.astype(mx.float32)
             error = mx.abs(got - want).max(axis=-1)
             spread = want.max(axis=-1) - want.min(axis=-1)

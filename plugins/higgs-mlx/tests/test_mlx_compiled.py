@@ -28,6 +28,12 @@ def test_capacity_is_a_multiple_of_64_and_coarser_for_long_contexts():
         assert n <= cap <= max(n + 63, n * 9 // 8 + 1)
 
 
+def test_row_slots_are_powers_of_two_then_multiples_of_eight():
+    assert [compiled.slots(n) for n in range(1, 18)] == [1, 2, 4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 16,
+                                                        24]
+    assert {compiled.slots(n) for n in range(1, 33)} == {1, 2, 4, 8, 16, 24, 32}
+
+
 def _row(length: int, seed: int, layers: int = 2) -> list[tuple[Any, Any]]:
     key = mx.random.key(seed)
     return [(mx.random.normal((1, 2, length, 4), key=mx.random.split(key, 2)[0]) + layer,
@@ -39,13 +45,15 @@ def test_static_cache_right_aligns_rows_and_keeps_them_through_filter_and_growth
     rows = [_row(5, 1), _row(9, 2), _row(1, 3)]
     cache = compiled.StaticBatchCache.from_rows(rows, headroom=3)
     assert (cache.write, cache.left, cache.capacity) == (9, [4, 0, 8], 64)
-    assert cache.keys[0].shape == (3, 2, 64, 4)
+    assert cache.keys[0].shape == (4, 2, 64, 4) and (len(cache), cache.slots) == (3, 4)
     assert float(mx.abs(cache.keys[1][0, :, :4]).sum()) == 0  # left padding is zeros
+    assert mx.array_equal(cache.keys[1][3], cache.keys[1][0])  # the spare slot repeats row 0
+    assert cache.left_array().tolist() == [4, 0, 8, 4]
     for got, want in zip(cache.rows(), rows, strict=True):
         for (gk, gv), (wk, wv) in zip(got, want, strict=True):
             assert mx.array_equal(gk, wk) and mx.array_equal(gv, wv)
     cache.filter([2, 0])
-    assert cache.left == [8, 4] and cache.keys[0].shape[0] == 2
+    assert cache.left == [8, 4] and cache.keys[0].shape[0] == 2 and cache.left_array().tolist() == [8, 4]
     assert mx.array_equal(cache.rows()[1][1][0], rows[0][1][0])
     cache.write = cache.capacity  # the next write would not fit: the buffers grow, the content stays
     before = cache.rows()
@@ -127,3 +135,34 @@ async def test_a_long_generation_grows_the_compiled_cache_and_stays_exact(tiny_m
         assert engine.state()["compiled_decode_models"] == 1
     finally:
         engine.stop()
+
+
+def test_row_counts_that_share_a_slot_count_share_one_trace(tiny_models: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """Rows joining and leaving one by one: 5 to 8 rows are one traced shape (8 slots), and a row's result
+    does not depend on how many slots around it are spare."""
+    traces: list[tuple[int, ...]] = []
+    make_step = compiled.CompiledDecoder._make_step
+
+    def counting(self: Any, mode: str) -> Any:
+        step = make_step(self, mode)
+
+        def traced(tokens: Any, *rest: Any) -> Any:
+            traces.append(tokens.shape)  # the body runs only while mx.compile traces
+            return step(tokens, *rest)
+        return traced
+
+    monkeypatch.setattr(compiled.CompiledDecoder, "_make_step", counting)
+    model = _load(tiny_models["llama"])
+    prompts = [[(k * i + 2 * k + 1) % 300 for i in range(20 + k)] for k in range(8)]
+    rows = compiled.solo_reference(model, prompts, 1).rows
+    decoder = compiled.CompiledDecoder(model)
+    firsts = []
+    for n in (5, 6, 7, 8):
+        cache = compiled.StaticBatchCache.from_rows(rows[:n])
+        y, logprobs = decoder(cache, mx.array([(11 * r) % 300 for r in range(n)]), "greedy")
+        assert y.shape == (8,) and logprobs.shape[0] == 8
+        firsts.append(logprobs[0])
+    assert traces == [(8,)]
+    for other in firsts[1:]:
+        assert mx.allclose(other, firsts[0], atol=1e-5)
