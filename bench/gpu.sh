@@ -11,6 +11,14 @@
 # runtime dependencies the machine's Python may lack (aiohttp and its helpers, pydantic, pydantic-settings,
 # cyclopts, pluggy, tomlkit, gguf, outlines-core). The CUDA runtime libraries come from the machine's
 # `nvidia` Python package (nvidia-cublas, -cudnn, -nvrtc, ...), linked beside mlx (see the GPU notes).
+#
+# On a lent machine whose calls carry at most 64 MiB: split the CUDA wheel (`split -b 45M W W.part.`),
+# carry mlx, mlx-lm, the runtime wheels and the first part in one call that copies them out of the work
+# tree (e.g. to /root/w), then at once (an idle machine is given back within ~30 s) a second call carrying
+# the second part, the higgs wheels and the test wheels that runs `install` on all those folders and the
+# steps. The steps fit one 600 s call only cut down (`kernels` ~180 s cold; `batching.py --levels 1,8
+# --prefix-reps 1 --long 0` ~175 s for three servers); carry MLX's kernel cache (MLX_PTX_CACHE_DIR) back
+# and forth as a tarball to skip the cold compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITE=${SITE:-/tmp/site}
