@@ -205,6 +205,12 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
                 result["prefix"] = await prefix_round(session, url, model, args, prompts)
             if time.monotonic() < deadline and args.long:
                 result["stall"] = await stall_round(session, url, model, args, prompts)
+            if name.startswith("higgs"):  # how the engine decoded: compiled steps, the kernel, the peak batch
+                async with session.get(url + "/metrics") as r:
+                    engines = (await r.json()).get("engine", {}) if r.status == 200 else {}
+                result["engine"] = {key: value for state in engines.values() if isinstance(state, dict)
+                                    for key, value in state.items()
+                                    if key in ("compiled_decode_models", "attention_kernel_models", "peak_batch_size")}
     finally:
         process.terminate()
         try:
@@ -305,13 +311,17 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
         if p:
             print(f"| {n} | {p['cold']:.3f} | {p['repeat']:.3f} | {p['shared']:.3f} | {p['cold'] / p['repeat']:.1f}x | "
                   f"{p['cold'] / p['shared']:.1f}x | {p['cached_tokens']:.0f} |")
-    print(f"\nrunning streams while a {args.long}-token prompt arrives ({args.stall_streams} streams)")
+    print(f"\nrunning streams while a {args.long}-token prompt arrives ({args.stall_streams} streams)" if args.long
+          else "\nmemory (no long-prompt run: --long 0)")
     print("| server | long prompt TTFT s | worst gap s | median gap before s | peak RSS MiB | VmHWM MiB |")
     print("|---|---|---|---|---|---|")
     for n in names:
         s = results[n].get("stall") or {}
         print(f"| {n} | {s.get('long_ttft', 0):.2f} | {s.get('worst_gap', 0):.3f} | {s.get('median_gap', 0):.3f} | "
               f"{results[n]['rss_peak'] / 2**20:.0f} | {results[n]['hwm'] / 2**20:.0f} |")
+    for n in names:
+        if results[n].get("engine"):
+            print(f"{n} engine (/metrics): " + ", ".join(f"{k} {v}" for k, v in results[n]["engine"].items()))
 
 
 async def main_async(args: argparse.Namespace) -> int:
