@@ -316,9 +316,9 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
     print("| server | long prompt TTFT s | worst gap s | median gap before s | peak RSS MiB | VmHWM MiB |")
     print("|---|---|---|---|---|---|")
     for n in names:
-        s = results[n].get("stall") or {}
-        print(f"| {n} | {s.get('long_ttft', 0):.2f} | {s.get('worst_gap', 0):.3f} | {s.get('median_gap', 0):.3f} | "
-              f"{results[n]['rss_peak'] / 2**20:.0f} | {results[n]['hwm'] / 2**20:.0f} |")
+        s = results[n].get("stall")
+        stall = f"{s['long_ttft']:.2f} | {s['worst_gap']:.3f} | {s['median_gap']:.3f}" if s else "- | - | -"
+        print(f"| {n} | {stall} | {results[n]['rss_peak'] / 2**20:.0f} | {results[n]['hwm'] / 2**20:.0f} |")
     for n in names:
         if results[n].get("engine"):
             print(f"{n} engine (/metrics): " + ", ".join(f"{k} {v}" for k, v in results[n]["engine"].items()))

@@ -63,6 +63,11 @@ def slots(rows: int) -> int:
     return -(-rows // SLOT_STEP) * SLOT_STEP
 
 
+def _with_spares(items: list[Any]) -> list[Any]:
+    """``items`` (one per row) followed by the spare slots' entries: the first row's, repeated."""
+    return items + items[:1] * (slots(len(items)) - len(items))
+
+
 class _LayerView:
     """mlx-lm's cache protocol for one attention layer inside the compiled step."""
 
@@ -110,8 +115,7 @@ class StaticBatchCache:
         import mlx.core as mx
 
         if self._left_array is None:
-            spare = self.slots - len(self.left)
-            self._left_array = mx.array(self.left + self.left[:1] * spare, dtype=mx.int32)
+            self._left_array = mx.array(_with_spares(self.left), dtype=mx.int32)
         return self._left_array
 
     @property
@@ -140,7 +144,6 @@ class StaticBatchCache:
         write = max(lengths)
         cap = capacity(write + headroom)
         left = [write - n for n in lengths]
-        spare = slots(len(rows)) - len(rows)
         keys: list[Any] = []
         values: list[Any] = []
         for layer in range(len(rows[0])):
@@ -153,7 +156,7 @@ class StaticBatchCache:
                     if pad:
                         pieces.insert(0, mx.zeros((b, h, pad, d), x.dtype))
                     parts.append(mx.concatenate(pieces, axis=2))
-                parts += parts[:1] * spare
+                parts = _with_spares(parts)
                 out.append(parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0))
         return cls(keys, values, write, left)
 
@@ -167,7 +170,7 @@ class StaticBatchCache:
         """Keep only the rows ``keep`` (in that order), in ``slots(len(keep))`` slots."""
         import mlx.core as mx
 
-        index = mx.array(keep + keep[:1] * (slots(len(keep)) - len(keep)))
+        index = mx.array(_with_spares(keep))
         self.keys = [k[index] for k in self.keys]
         self.values = [v[index] for v in self.values]
         self.left = [self.left[i] for i in keep]
