@@ -141,6 +141,29 @@ async def stream(session: Any, url: str, model: str, messages: list[dict[str, st
     return out
 
 
+#: Cumulative counters of the higgs engine's ``/metrics`` whose differences describe one workload.
+ENGINE_COUNTERS = ("compiled_traces", "compiled_trace_seconds", "prefill_seconds", "decode_seconds",
+                   "first_token_seconds", "first_tokens")
+
+
+async def engine_counters(session: Any, url: str) -> dict[str, float]:
+    """The engine counters of a higgs server, summed over its engines."""
+    async with session.get(url + "/metrics") as r:
+        engines = (await r.json()).get("engine", {}) if r.status == 200 else {}
+    states = [state for state in engines.values() if isinstance(state, dict)]
+    return {key: float(sum(state.get(key, 0) for state in states)) for key in ENGINE_COUNTERS}
+
+
+async def measured(probe: Any, work: Any) -> tuple[Any, dict[str, float] | None]:
+    """Await ``work``; with a ``probe`` (higgs servers), also the engine counters' growth meanwhile."""
+    before = await probe() if probe else None
+    result = await work
+    if before is None:
+        return result, None
+    after = await probe()
+    return result, {key: after[key] - before[key] for key in before}
+
+
 def user(text: str, system: str | None = None) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
 
@@ -157,6 +180,7 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
     memory.start()
     url, model = f"http://127.0.0.1:{port}", str(model_dir)
     result: dict[str, Any] = {"levels": {}}
+    probe = (lambda: engine_counters(session, url)) if name.startswith("higgs") else None
     deadline = time.monotonic() + args.max_seconds
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.request_timeout)) as session:
@@ -195,14 +219,15 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
                 for _ in range(args.rounds):
                     if time.monotonic() > deadline:
                         break
-                    rounds.append(await level_round(session, url, model, args, prompts, level))
+                    outcome, engine = await measured(probe, level_round(session, url, model, args, prompts, level))
+                    rounds.append({**outcome, "engine": engine} if engine else outcome)
                 if rounds:  # the round with the median throughput
                     result["levels"][level] = sorted(rounds, key=lambda r: r["tok_s"])[len(rounds) // 2]
                     result["levels"][level]["tok_s_all"] = [round(r["tok_s"], 1) for r in rounds]
             if profiler is not None:
                 profiler.wait()
             if time.monotonic() < deadline and args.prefix_reps > 0:
-                result["prefix"] = await prefix_round(session, url, model, args, prompts)
+                result["prefix"] = await prefix_round(session, url, model, args, prompts, probe)
             if time.monotonic() < deadline and args.long:
                 result["stall"] = await stall_round(session, url, model, args, prompts)
             if name.startswith("higgs"):  # how the engine decoded: compiled steps, the kernel, the peak batch
@@ -242,22 +267,29 @@ async def level_round(session: Any, url: str, model: str, args: argparse.Namespa
             "together": peak}
 
 
-async def prefix_round(session: Any, url: str, model: str, args: argparse.Namespace, prompts: Prompts
-                       ) -> dict[str, float]:
-    """Median TTFT over ``--prefix-reps`` rounds: cold, exact repeat, shared system prompt + new question."""
-    cold, repeat, shared, cached = [], [], [], []
+async def prefix_round(session: Any, url: str, model: str, args: argparse.Namespace, prompts: Prompts,
+                       probe: Any = None) -> dict[str, Any]:
+    """Median TTFT over ``--prefix-reps`` rounds: cold, exact repeat, shared system prompt + new question
+    (with a ``probe``, also the engine's own time to the first token of each)."""
+    times: dict[str, list[float]] = {"cold": [], "repeat": [], "shared": []}
+    engine: dict[str, list[float]] = {key: [] for key in times}
+    cached = []
     for _ in range(args.prefix_reps):
         system = prompts.text(args.prefix)
         question = prompts.text(16)
-        a = await stream(session, url, model, user(question, system), 4)
-        b = await stream(session, url, model, user(question, system), 4)
-        c = await stream(session, url, model, user(prompts.text(16), system), 4)
-        cold.append(a["first"] - a["start"])
-        repeat.append(b["first"] - b["start"])
-        shared.append(c["first"] - c["start"])
-        cached.append(b["cached"])
-    return {"cold": statistics.median(cold), "repeat": statistics.median(repeat),
-            "shared": statistics.median(shared), "cached_tokens": statistics.median(cached)}
+        for key, messages in (("cold", user(question, system)), ("repeat", user(question, system)),
+                              ("shared", user(prompts.text(16), system))):
+            out, counters = await measured(probe, stream(session, url, model, messages, 4))
+            times[key].append(out["first"] - out["start"])
+            if counters and counters["first_tokens"]:
+                engine[key].append(counters["first_token_seconds"] / counters["first_tokens"])
+            if key == "repeat":
+                cached.append(out["cached"])
+    result: dict[str, Any] = {key: statistics.median(values) for key, values in times.items()}
+    result["cached_tokens"] = statistics.median(cached)
+    if all(engine.values()):
+        result["engine_first_token"] = {key: statistics.median(values) for key, values in engine.items()}
+    return result
 
 
 async def stall_round(session: Any, url: str, model: str, args: argparse.Namespace, prompts: Prompts
@@ -319,6 +351,23 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
         s = results[n].get("stall")
         stall = f"{s['long_ttft']:.2f} | {s['worst_gap']:.3f} | {s['median_gap']:.3f}" if s else "- | - | -"
         print(f"| {n} | {stall} | {results[n]['rss_peak'] / 2**20:.0f} | {results[n]['hwm'] / 2**20:.0f} |")
+    diagnosed = [(n, level, lv["engine"]) for n in names for level, lv in results[n]["levels"].items()
+                 if lv.get("engine")]
+    if diagnosed:
+        print("\nhiggs engines during the median round (/metrics differences): new compiled-step shapes and the "
+              "host s their traces took, s spent prefilling and decoding, engine vs client time to first token")
+        print("| server | streams | traces | trace s | prefill s | decode s | engine TTFT mean | client TTFT mean |")
+        print("|---|---|---|---|---|---|---|---|")
+        for n, level, e in diagnosed:
+            ttft = e["first_token_seconds"] / e["first_tokens"] if e["first_tokens"] else float("nan")
+            print(f"| {n} | {level} | {e['compiled_traces']:.0f} | {e['compiled_trace_seconds']:.3f} | "
+                  f"{e['prefill_seconds']:.3f} | {e['decode_seconds']:.3f} | {ttft:.3f} | "
+                  f"{results[n]['levels'][level]['ttft_mean']:.3f} |")
+    for n in names:
+        p = results[n].get("prefix") or {}
+        if p.get("engine_first_token"):
+            print(f"{n} engine time to first token (prefix workloads): "
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in p["engine_first_token"].items()))
     for n in names:
         if results[n].get("engine"):
             print(f"{n} engine (/metrics): " + ", ".join(f"{k} {v}" for k, v in results[n]["engine"].items()))

@@ -24,6 +24,7 @@ mlx is imported inside the functions, so importing this module stays cheap.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,6 +243,10 @@ class CompiledDecoder:
         self.attention_kernel = attention_kernel
         #: Layers that attended with the kernel in the last trace.
         self.kernel_layers = 0
+        #: ``(mode, slots, capacity)`` shapes traced so far, and the host seconds their first calls took
+        #: (the trace; the kernels are built later, when the step is first evaluated).
+        self.shapes: set[tuple[str, int, int]] = set()
+        self.trace_seconds = 0.0
         if attention_kernel:
             install_attention(model)
         self._steps = {mode: mx.compile(self._make_step(mode)) for mode in ("greedy", "logits")}
@@ -279,8 +284,13 @@ class CompiledDecoder:
         if spare:
             tokens = mx.concatenate([tokens, mx.zeros((spare,), tokens.dtype)])
         n = len(cache.keys)
+        shape = (mode, cache.slots, cache.capacity)
+        started = time.perf_counter() if shape not in self.shapes else None
         out = self._steps[mode](tokens, mx.array(cache.write, dtype=mx.int32), cache.left_array(),
                                 *cache.keys, *cache.values)
+        if started is not None:
+            self.shapes.add(shape)
+            self.trace_seconds += time.perf_counter() - started
         head = len(out) - 2 * n
         cache.keys, cache.values = list(out[head : head + n]), list(out[head + n :])
         cache.write += 1

@@ -199,6 +199,13 @@ class Engine:
         self._started = False
         self._started_at = time.perf_counter()
         self.completed = 0
+        #: Host seconds the engine thread spent prefilling and decoding (each including its waits for the
+        #: device), and the sum of the jobs' times from submission to their first token: ``/metrics``
+        #: counters; a benchmark reads their differences over a workload.
+        self.prefill_seconds = 0.0
+        self.decode_seconds = 0.0
+        self.first_token_seconds = 0.0
+        self.first_tokens = 0
         #: Set when the engine thread died of an unexpected error; new work is refused with it.
         self.crashed: BaseException | None = None
 
@@ -289,6 +296,12 @@ class Engine:
             "grouped_prefills": self.grouped_prefills,
             "compiled_decode_models": sum(1 for _, d in self._prepared.values() if d is not None),
             "attention_kernel_models": sum(1 for _, d in self._prepared.values() if d and d.attention_kernel),
+            "compiled_traces": sum(len(d.shapes) for _, d in self._prepared.values() if d is not None),
+            "compiled_trace_seconds": sum(d.trace_seconds for _, d in self._prepared.values() if d is not None),
+            "prefill_seconds": self.prefill_seconds,
+            "decode_seconds": self.decode_seconds,
+            "first_token_seconds": self.first_token_seconds,
+            "first_tokens": self.first_tokens,
             "kv_cache_bytes": kv,
             **self.prefix.state(),
             "completed_requests": self.completed,
@@ -386,18 +399,22 @@ class Engine:
         decoding = bool(self._batches) or any(not j.prefilling for j in self._active)
         chunk = self._interleave_size() if decoding else self.prefill_chunk
         budget = chunk
+        started = time.perf_counter()
         if self.batch_prefill:
             # A burst of short prompts is prefilled together up to group_prefill tokens, even while others
             # decode (throughput first; long prompts keep the small interleaved chunks).
             budget -= self._prefill_together(self.group_prefill, chunk)
+        self.prefill_seconds += time.perf_counter() - started
         for job in list(self._active):
             if job.in_batch:
                 continue
             if job.cancelled:
                 self._drop(job)
                 continue
+            started = time.perf_counter()
+            prefilling = job.prefilling
             try:
-                if job.prefilling:
+                if prefilling:
                     if budget > 0:
                         budget -= self._prefill(job, budget, chunk)
                         if not job.prefilling and self._batching(job):
@@ -409,6 +426,12 @@ class Engine:
                 log.exception("generation failed")
                 self._drop(job)
                 job.emit(Failed(err))
+            spent = time.perf_counter() - started
+            if prefilling:
+                self.prefill_seconds += spent
+            else:
+                self.decode_seconds += spent
+        decoding_from = time.perf_counter()
         for key, batch in list(self._batches.items()):
             try:
                 for job in batch.step(self._stream):
@@ -424,6 +447,7 @@ class Engine:
                 del self._batches[key]
             else:
                 self.peak_batch = max(self.peak_batch, len(batch.rows))
+        self.decode_seconds += time.perf_counter() - decoding_from
 
     def _interleave_size(self) -> int:
         """Prompt tokens per pass while others decode: what the slowest model with a prompt to prefill does
@@ -613,6 +637,9 @@ class Engine:
 
     def _emit_token(self, job: Job, token: int, logprobs: Any) -> None:
         assert job.matcher is not None
+        if job.n_out == 1:
+            self.first_tokens += 1
+            self.first_token_seconds += time.perf_counter() - job.submitted
         info = self._logprobs(job, token, logprobs) if job.top_logprobs is not None else None
         if token in job.lm.eos_ids and not job.ignore_eos:
             self._finish(job, "end_turn", info)

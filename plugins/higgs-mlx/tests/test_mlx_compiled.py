@@ -132,7 +132,13 @@ async def test_a_long_generation_grows_the_compiled_cache_and_stays_exact(tiny_m
         prompts = [PROMPTS[0], PROMPTS[1]]
         got = await engine_greedy(engine, lm, prompts, 60)
         assert got == [_mlx_lm_greedy(lm.model, p, 60) for p in prompts]
-        assert engine.state()["compiled_decode_models"] == 1
+        state = engine.state()
+        assert state["compiled_decode_models"] == 1
+        # /metrics counts every new (mode, slots, capacity) shape: at least three capacities in 60 steps of
+        # 16-position buffers, and the host time of their traces
+        assert state["compiled_traces"] >= 3 and state["compiled_trace_seconds"] > 0
+        assert state["first_tokens"] == 2 and state["first_token_seconds"] > 0
+        assert state["prefill_seconds"] > 0 and state["decode_seconds"] > 0
     finally:
         engine.stop()
 
