@@ -3,7 +3,7 @@
 #
 #   bench/gpu.sh install WHEEL_DIR...   install every *.whl found (and a wheel split into *.part.* pieces,
 #                                       joined first) into $SITE with --no-deps, link CUDA's libraries
-#   bench/gpu.sh kernels|engine|qwen-engine|autorouter|batching|qwen-batching [LOG_DIR]   one step (logs in
+#   bench/gpu.sh kernels|engine|qwen-engine|first-token|autorouter|batching|qwen-batching [LOG_DIR]   one step (logs in
 #                                       LOG_DIR); PROFILE=1 adds py-spy to engine and batching (slows higgs)
 #
 # What to bring (pip download --only-binary=:all: --python-version 3.12 ... on a machine with network):
@@ -78,13 +78,18 @@ case "$step" in
       echo "-- $f"; "$PY" bench/profile_summary.py "$f" --top 8; cp "$f" "${1:-/tmp}/" || true
     done
     ;;
+  first-token)  # time to the first token taken apart (MLX's model calls, mlx-lm, the higgs engine), both shapes
+    for preset in qwen3-1.7b llama-3.2-1b-instruct; do
+      "$PY" bench/first_token.py --preset "$preset" --repeats 7
+    done
+    ;;
   qwen-batching)
     "$PY" bench/batching.py --preset qwen3-1.7b --servers "${SERVERS:-higgs,higgs-eager,mlx_lm}" \
       --levels "${LEVELS:-1,4,8,16}" --rounds 2 \
       --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"
     ;;
   *)
-    echo "usage: bench/gpu.sh install WHEEL_DIR... | kernels | engine | qwen-engine | autorouter | batching | qwen-batching" >&2
+    echo "usage: bench/gpu.sh install WHEEL_DIR... | kernels | engine | qwen-engine | first-token | autorouter | batching | qwen-batching" >&2
     exit 2
     ;;
 esac
