@@ -141,6 +141,10 @@ async def stream(session: Any, url: str, model: str, messages: list[dict[str, st
     return out
 
 
+#: Environment of server variants that differ from another only in it: ``-nocudnn`` prefills with MLX's
+#: unfused attention instead of cuDNN's (which MLX's CUDA backend builds a graph for at every new shape).
+SERVER_ENV = {"higgs-nocudnn": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}, "mlx_lm-nocudnn": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}}
+
 #: Cumulative counters of the higgs engine's ``/metrics`` whose differences describe one workload.
 ENGINE_COUNTERS = ("compiled_traces", "compiled_trace_seconds", "prefill_seconds", "decode_seconds",
                    "first_token_seconds", "first_tokens")
@@ -172,7 +176,8 @@ async def run_server(name: str, command: list[str], port: int, model_dir: Path, 
                      prompts: Prompts) -> dict[str, Any]:
     import aiohttp
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+               **SERVER_ENV.get(name, {}))
     log = open(args.log_dir / f"{name}-{port}.log", "w")
     process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
@@ -394,6 +399,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "higgs-nobatch": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--no-batch"],
         "mlx_lm": [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)],
     }
+    commands["higgs-nocudnn"], commands["mlx_lm-nocudnn"] = commands["higgs"], commands["mlx_lm"]
     print(f"model {model_dir} ({dtype}, {args.bits}-bit); device {mx.default_device()}; mlx {mx.__version__}; "
           f"levels {args.levels}; prompt {args.prompt}, gen {args.gen}; prefix {args.prefix}; long {args.long}")
     results: dict[str, dict[str, Any]] = {}
@@ -418,7 +424,8 @@ def main() -> int:
     ap.add_argument("--servers", default="higgs,mlx_lm", help="comma list of higgs, higgs-eager (compiled decode "
                     "steps off), higgs-masked (compiled steps with MLX's masked attention, not the decode-attention "
                     "kernel), higgs-nobatch, "
-                    "mlx_lm (the last one is the baseline of the ratios)")
+                    "mlx_lm (the last one is the baseline of the ratios); higgs-nocudnn and mlx_lm-nocudnn: with "
+                    "MLX_CUDA_USE_CUDNN_SDPA=0")
     ap.add_argument("--levels", default="1,2,4,8,16")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens per request at each level")
     ap.add_argument("--gen", type=int, default=64, help="generated tokens per request")

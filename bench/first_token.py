@@ -11,6 +11,8 @@ over HTTP (``bench/batching.py``) can be placed:
   (shapes MLX has met: anything built per shape, such as kernels or attention plans, is reused);
 - **model call, one token after a cached prefix**: the work of an exact prefix-cache hit, one token on a
   cache holding ``--prefix`` positions (new or same length as above);
+- **prompts prefilled together**: the engine's padded prefill of ``--burst`` fresh prompts at once (what a
+  burst of requests gets), at a new padded width each repeat, at one width, and at a new row count;
 - **mlx-lm generate_step**: the time to the first token it yields for a fresh prompt;
 - **higgs engine, fresh prompt** and **higgs engine, prefix hit**: a ``Job`` through the engine thread
   until its first token reaches an asyncio consumer, for a fresh prompt and for the exact repeat of a
@@ -18,6 +20,7 @@ over HTTP (``bench/batching.py``) can be placed:
 
     python bench/first_token.py                          # CPU: tiny preset, float32
     python bench/first_token.py --preset qwen3-1.7b      # GPU: bfloat16 by default
+    MLX_CUDA_USE_CUDNN_SDPA=0 python bench/first_token.py --preset qwen3-1.7b   # prefill without cuDNN
 """
 
 from __future__ import annotations
@@ -73,6 +76,32 @@ def prefix_cache(model: Any, positions: int) -> list[Any]:
     return caches
 
 
+def group_call(engine: Any, lm: Any, prompts: list[list[int]]) -> float:
+    """Seconds for the engine's padded prefill of several fresh prompts together (``prefill_group``, what a
+    burst of requests gets), run on the engine thread, up to their first tokens."""
+    from higgs_mlx.batching import prefill_group
+    from higgs_mlx.engine import Job
+    from higgs_mlx.sampling import RequestSampler
+    from mlx_lm.models.cache import make_prompt_cache  # noqa: TID251
+
+    from higgs.messages import Sampling
+
+    def run() -> float:
+        import mlx.core as mx  # noqa: TID251
+
+        jobs = [Job(lm=lm, prompt=p, max_tokens=1, sampler=RequestSampler(Sampling(temperature=0)),
+                    emit=lambda _: None) for p in prompts]
+        for job in jobs:
+            job.cache = make_prompt_cache(lm.model)
+        start = time.perf_counter()
+        _, tokens, _ = prefill_group(jobs, 2048)
+        mx.eval(tokens)
+        return time.perf_counter() - start
+
+    seconds: float = engine.call(run).result()
+    return seconds
+
+
 def timed(runs: int, one: Callable[[int], float]) -> list[float]:
     """``one(i)`` for i in range(runs), in milliseconds."""
     return [one(i) * 1000 for i in range(runs)]
@@ -121,6 +150,7 @@ async def main_async(args: argparse.Namespace) -> int:
     model_call(model, prompt(1, seed), prefix_cache(model, args.prefix + 3 * runs + 7))
     run_mlx_lm(model, prompt(n + 3 * runs + 9, seed), 2)
     await run_higgs(engine, lm, prompt(n + 3 * runs + 11, seed), 2)
+    group_call(engine, lm, [prompt(n + 3 * runs + 13 - j % 3, seed + j) for j in range(args.burst)])
 
     rows: dict[str, list[float]] = {}
     rows["model call, fresh prompt, new length"] = timed(
@@ -133,6 +163,14 @@ async def main_async(args: argparse.Namespace) -> int:
     same = [prefix_cache(model, args.prefix) for _ in range(runs)]
     rows["model call, 1 token after the prefix, same length"] = timed(
         runs, lambda i: model_call(model, prompt(1, seed + i), same[i]))
+    burst = args.burst
+    rows[f"{burst} prompts prefilled together, new width"] = timed(
+        runs, lambda i: group_call(engine, lm, [prompt(n + i - j % 3, seed + 500 + 10 * i + j) for j in range(burst)]))
+    rows[f"{burst} prompts prefilled together, same width"] = timed(
+        runs, lambda i: group_call(engine, lm, [prompt(n - j % 3, seed + 600 + 10 * i + j) for j in range(burst)]))
+    rows[f"2..{burst} prompts prefilled together, new row count"] = timed(
+        runs, lambda i: group_call(engine, lm, [prompt(n - j % 3, seed + 700 + 10 * i + j)
+                                                for j in range(2 + i % (burst - 1))]))
     rows["mlx-lm generate_step, fresh prompt"] = timed(
         runs, lambda i: run_mlx_lm(model, prompt(n + runs + i, seed + 200 + i), 2)[0])
     splits: dict[str, list[dict[str, float]]] = {"fresh": [], "hit": []}
@@ -174,6 +212,7 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=128, help="tokens of a fresh prompt")
     ap.add_argument("--prefix", type=int, default=2048, help="cached positions before a prefix hit's token")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--burst", type=int, default=8, help="prompts prefilled together (widths differ by up to 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "higgs" / "bench-models")
     return asyncio.run(main_async(ap.parse_args()))

@@ -78,12 +78,14 @@ case "$step" in
       echo "-- $f"; "$PY" bench/profile_summary.py "$f" --top 8; cp "$f" "${1:-/tmp}/" || true
     done
     ;;
-  first-token)  # time to the first token taken apart (MLX's model calls, mlx-lm, the higgs engine), both shapes
+  first-token)  # time to the first token taken apart (MLX's model calls, mlx-lm, the higgs engine), both shapes;
+    # the Qwen3 shape again with MLX's cuDNN attention off (MLX builds a cuDNN graph per new prefill shape)
     for preset in qwen3-1.7b llama-3.2-1b-instruct; do
       "$PY" bench/first_token.py --preset "$preset" --repeats 7
     done
+    MLX_CUDA_USE_CUDNN_SDPA=0 "$PY" bench/first_token.py --preset qwen3-1.7b --repeats 7
     ;;
-  qwen-batching)
+  qwen-batching)  # SERVERS=higgs,higgs-nocudnn,mlx_lm: the same server with cuDNN's prefill attention off
     "$PY" bench/batching.py --preset qwen3-1.7b --servers "${SERVERS:-higgs,higgs-eager,mlx_lm}" \
       --levels "${LEVELS:-1,4,8,16}" --rounds 2 \
       --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"
