@@ -390,11 +390,15 @@ async def main_async(args: argparse.Namespace) -> int:
     eager_config.write_text("[server]\ncompiled_decode = false\n")
     masked_config = args.log_dir / "higgs-masked.toml"
     masked_config.write_text("[server]\nattention_kernel = false\n")
+    padded_config = args.log_dir / "higgs-padded.toml"
+    padded_config.write_text("[server]\nprefill_padding = true\n")
     commands = {
         "higgs": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--max-tokens", "100000"],
         "higgs-eager": [sys.executable, "-m", "higgs", "serve", "--config", str(eager_config), "--model",
                         str(model_dir), "--max-tokens", "100000"],
         "higgs-masked": [sys.executable, "-m", "higgs", "serve", "--config", str(masked_config), "--model",
+                         str(model_dir), "--max-tokens", "100000"],
+        "higgs-padded": [sys.executable, "-m", "higgs", "serve", "--config", str(padded_config), "--model",
                          str(model_dir), "--max-tokens", "100000"],
         "higgs-nobatch": [sys.executable, "-m", "higgs", "serve", "--model", str(model_dir), "--no-batch"],
         "mlx_lm": [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)],
@@ -423,7 +427,7 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "higgs" / "bench-models")
     ap.add_argument("--servers", default="higgs,mlx_lm", help="comma list of higgs, higgs-eager (compiled decode "
                     "steps off), higgs-masked (compiled steps with MLX's masked attention, not the decode-attention "
-                    "kernel), higgs-nobatch, "
+                    "kernel), higgs-padded (prefill calls padded to a few shapes), higgs-nobatch, "
                     "mlx_lm (the last one is the baseline of the ratios); higgs-nocudnn and mlx_lm-nocudnn: with "
                     "MLX_CUDA_USE_CUDNN_SDPA=0")
     ap.add_argument("--levels", default="1,2,4,8,16")

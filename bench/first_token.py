@@ -16,7 +16,9 @@ over HTTP (``bench/batching.py``) can be placed:
 - **mlx-lm generate_step**: the time to the first token it yields for a fresh prompt;
 - **higgs engine, fresh prompt** and **higgs engine, prefix hit**: a ``Job`` through the engine thread
   until its first token reaches an asyncio consumer, for a fresh prompt and for the exact repeat of a
-  ``--prefix``-token prompt; with the engine's counters (``/metrics``) split into prefill and decode.
+  ``--prefix``-token prompt; with the engine's counters (``/metrics``) split into prefill and decode;
+- **padded** rows: the same with ``prefill_padding`` (``higgs_mlx.prefill_shapes``: prefill calls padded to
+  a few widths and row counts, so new lengths reuse shapes met before).
 
     python bench/first_token.py                          # CPU: tiny preset, float32
     python bench/first_token.py --preset qwen3-1.7b      # GPU: bfloat16 by default
@@ -76,7 +78,7 @@ def prefix_cache(model: Any, positions: int) -> list[Any]:
     return caches
 
 
-def group_call(engine: Any, lm: Any, prompts: list[list[int]]) -> float:
+def group_call(engine: Any, lm: Any, prompts: list[list[int]], padded: bool = False) -> float:
     """Seconds for the engine's padded prefill of several fresh prompts together (``prefill_group``, what a
     burst of requests gets), run on the engine thread, up to their first tokens."""
     from higgs_mlx.batching import prefill_group
@@ -94,7 +96,7 @@ def group_call(engine: Any, lm: Any, prompts: list[list[int]]) -> float:
         for job in jobs:
             job.cache = make_prompt_cache(lm.model)
         start = time.perf_counter()
-        _, tokens, _ = prefill_group(jobs, 2048)
+        _, tokens, _ = prefill_group(jobs, 2048, padded)
         mx.eval(tokens)
         return time.perf_counter() - start
 
@@ -136,12 +138,15 @@ async def main_async(args: argparse.Namespace) -> int:
     model, _ = load(str(model_dir))
     arch = ArchitectureSpec(name=config["model_type"], model_types=(config["model_type"],),
                             module=f"mlx_lm.models.{config['model_type']}")
-    engine = Engine()
-    engine.start()
-    lm = await asyncio.wrap_future(engine.call(lambda: load_model_dir(model_dir, {arch.model_types[0]: arch},
-                                                                      name="bench")))
-    lm = dataclasses.replace(lm, eos_ids=set())
-    await asyncio.wrap_future(engine.call(functools.partial(engine.prepare, lm)))
+    engines, lms = {}, {}
+    for name in ("plain", "padded"):  # the engine as configured by default, and with prefill_padding
+        engine = engines[name] = Engine(prefill_padding=name == "padded")
+        engine.start()
+        loaded = await asyncio.wrap_future(engine.call(
+            lambda: load_model_dir(model_dir, {arch.model_types[0]: arch}, name="bench")))
+        lms[name] = dataclasses.replace(loaded, eos_ids=set())
+        await asyncio.wrap_future(engine.call(functools.partial(engine.prepare, lms[name])))
+    engine, lm = engines["plain"], lms["plain"]
     n, runs, seed = args.prompt, args.repeats, args.seed
     prompt = functools.partial(random_prompt, vocab)
 
@@ -151,6 +156,9 @@ async def main_async(args: argparse.Namespace) -> int:
     run_mlx_lm(model, prompt(n + 3 * runs + 9, seed), 2)
     await run_higgs(engine, lm, prompt(n + 3 * runs + 11, seed), 2)
     group_call(engine, lm, [prompt(n + 3 * runs + 13 - j % 3, seed + j) for j in range(args.burst)])
+    await run_higgs(engines["padded"], lms["padded"], prompt(n + 3 * runs + 11, seed), 2)
+    group_call(engines["padded"], lms["padded"], [prompt(n + 3 * runs + 13 - j % 3, seed + j)
+                                                  for j in range(args.burst)], True)
 
     rows: dict[str, list[float]] = {}
     rows["model call, fresh prompt, new length"] = timed(
@@ -171,6 +179,12 @@ async def main_async(args: argparse.Namespace) -> int:
     rows[f"2..{burst} prompts prefilled together, new row count"] = timed(
         runs, lambda i: group_call(engine, lm, [prompt(n - j % 3, seed + 700 + 10 * i + j)
                                                 for j in range(2 + i % (burst - 1))]))
+    rows[f"{burst} prompts prefilled together, padded, new width"] = timed(
+        runs, lambda i: group_call(engines["padded"], lms["padded"], [prompt(n + i - j % 3, seed + 800 + 10 * i + j)
+                                                                      for j in range(burst)], True))
+    rows[f"2..{burst} prompts prefilled together, padded, new row count"] = timed(
+        runs, lambda i: group_call(engines["padded"], lms["padded"], [prompt(n - j % 3, seed + 900 + 10 * i + j)
+                                                                      for j in range(2 + i % (burst - 1))], True))
     rows["mlx-lm generate_step, fresh prompt"] = timed(
         runs, lambda i: run_mlx_lm(model, prompt(n + runs + i, seed + 200 + i), 2)[0])
     splits: dict[str, list[dict[str, float]]] = {"fresh": [], "hit": []}
@@ -186,7 +200,14 @@ async def main_async(args: argparse.Namespace) -> int:
         splits["hit"].append(split)
     rows["higgs engine, fresh prompt"] = fresh
     rows["higgs engine, prefix hit (exact repeat)"] = hit
-    engine.stop()
+    padded = []
+    for i in range(runs):
+        fresh_prompt = prompt(n + 3 * runs + i, seed + 1000 + i)
+        seconds, _ = await engine_first_token(engines["padded"], lms["padded"], fresh_prompt)
+        padded.append(seconds * 1000)
+    rows["higgs engine, padded prefill, fresh prompt"] = padded
+    for each in engines.values():
+        each.stop()
 
     print(f"model {model_dir.name} ({config['model_type']}, hidden {config['hidden_size']}, "
           f"{config['num_hidden_layers']} layers, {args.bits}-bit, {dtype}); device {mx.default_device()}; "

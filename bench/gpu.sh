@@ -85,7 +85,7 @@ case "$step" in
     done
     MLX_CUDA_USE_CUDNN_SDPA=0 "$PY" bench/first_token.py --preset qwen3-1.7b --repeats 7
     ;;
-  qwen-batching)  # SERVERS=higgs,higgs-nocudnn,mlx_lm: the same server with cuDNN's prefill attention off
+  qwen-batching)  # SERVERS=higgs,higgs-padded,higgs-nocudnn,mlx_lm: padded prefill shapes; cuDNN prefill off
     "$PY" bench/batching.py --preset qwen3-1.7b --servers "${SERVERS:-higgs,higgs-eager,mlx_lm}" \
       --levels "${LEVELS:-1,4,8,16}" --rounds 2 \
       --prefix-reps 1 --long 0 --max-seconds 150 --json "${1:-/tmp}/qwen-batching.json"

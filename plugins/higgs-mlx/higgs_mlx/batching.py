@@ -310,18 +310,32 @@ def sample_rows(jobs: list[Job], logits: Any, tokens: Any | None) -> tuple[Any, 
     return mx.concatenate(rows_y), mx.concatenate(rows_lp)
 
 
-def prefill_group(jobs: list[Job], chunk: int) -> tuple[list[Any], Any, Any]:
+def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[list[Any], Any, Any]:
     """Prefill several fresh prompts of one model in padded calls, as mlx-lm's ``BatchGenerator`` does:
     all but the last token right-padded (the caches' ``prepare``/``finalize`` roll the padding to the left),
     then every last token in one step. Returns (batch cache, first tokens ``(B,)``, logprobs ``(B, vocab)``).
-    """
+
+    ``padded``: pad the calls' width and row count to the few shapes of ``prefill_shapes`` (models whose
+    caches allow it)."""
     import mlx.core as mx
 
+    from higgs_mlx import prefill_shapes
+
     model = jobs[0].lm.model
-    cache = [type(layer).merge([job.cache[i] for job in jobs]) for i, layer in enumerate(jobs[0].cache)]
+    padded = padded and prefill_shapes.paddable(jobs[0].cache)
+    caches = [job.cache for job in jobs]
     bodies = [job.prompt[:-1] for job in jobs]
+    if padded:  # spare rows: the first prompt again, on fresh caches of its own
+        from mlx_lm.models.cache import make_prompt_cache
+
+        spare = prefill_shapes.rows(len(jobs)) - len(jobs)
+        caches += [make_prompt_cache(model) for _ in range(spare)]
+        bodies += bodies[:1] * spare
+    cache = [type(layer).merge([c[i] for c in caches]) for i, layer in enumerate(jobs[0].cache)]
     lengths = [len(b) for b in bodies]
     width = max(lengths)
+    if padded and width:
+        width = prefill_shapes.width(width)
     if width:
         padding = [width - n for n in lengths]
         if max(padding):
@@ -334,6 +348,10 @@ def prefill_group(jobs: list[Job], chunk: int) -> tuple[list[Any], Any, Any]:
         if max(padding):
             for c in cache:
                 c.finalize()
+    if len(bodies) > len(jobs):
+        index = mx.arange(len(jobs))
+        for c in cache:
+            c.filter(index)
     for job in jobs:
         if job.processors:
             job.history = mx.array(job.prompt)

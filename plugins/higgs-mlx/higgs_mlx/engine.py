@@ -34,6 +34,7 @@ from typing import Any
 from higgs.errors import ApiError
 from higgs.messages import StopReason
 
+from higgs_mlx import prefill_shapes
 from higgs_mlx.batching import DecodeBatch, can_batch, prefill_group
 from higgs_mlx.loader import LoadedModel, on_cpu
 from higgs_mlx.prefix_cache import PrefixCache
@@ -156,7 +157,7 @@ class Engine:
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
                  compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS,
-                 attention_kernel: bool | None = None) -> None:
+                 attention_kernel: bool | None = None, prefill_padding: bool = False) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming): at least this many tokens,
@@ -190,6 +191,9 @@ class Engine:
         #: Compiled steps attend with the fused decode-attention kernel (``decode_attention``), else with
         #: MLX's masked attention; checked per model like the step. None: where the kernel runs (CUDA).
         self.attention_kernel = attention_kernel
+        #: Pad prefill calls to the few widths and row counts of ``prefill_shapes`` (for MLX's per-shape
+        #: cuDNN attention graphs on CUDA), where a model's cache layers allow it.
+        self.prefill_padding = prefill_padding
         self._prepared: dict[int, tuple[bool, Any]] = {}
         #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
         self.eager_reasons: dict[str, str] = {}
@@ -486,7 +490,7 @@ class Engine:
                 continue
             try:
                 with mx.stream(self._stream):
-                    cache, y, logprobs = prefill_group(jobs, chunk)
+                    cache, y, logprobs = prefill_group(jobs, chunk, self.prefill_padding)
                     stored: list[Any] = []
                     for i, job in enumerate(jobs):
                         if job.cache_prefix:
@@ -600,9 +604,17 @@ class Engine:
                 remaining = len(job.prompt) - job.pos - 1
                 if remaining > 0:
                     n = min(chunk_size, remaining)
-                    chunk = mx.array(job.prompt[job.pos : job.pos + n])
+                    tokens = job.prompt[job.pos : job.pos + n]
+                    # full chunks repeat their shapes already; a prompt's last, partial one is padded
+                    width = (prefill_shapes.width(n) if self.prefill_padding and n < chunk_size
+                             and job.embeds is None and prefill_shapes.paddable(job.cache) else n)
+                    chunk = mx.array(tokens)
                     started = time.perf_counter()
-                    job.lm.model(chunk[None], cache=job.cache, **_embeds(job, job.pos, job.pos + n))
+                    job.lm.model((mx.array(tokens + tokens[-1:] * (width - n)) if width > n else chunk)[None],
+                                 cache=job.cache, **_embeds(job, job.pos, job.pos + n))
+                    if width > n:  # the padded positions are overwritten by the next write
+                        for c in job.cache:
+                            c.trim(width - n)
                     mx.eval([c.state for c in job.cache])
                     self._measured(job.lm, n, time.perf_counter() - started)
                     if job.processors:

@@ -481,8 +481,8 @@ class MlxProvider(Provider):
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
     ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``interleave_ms``, ``group_prefill``,
-    ``compiled_decode`` and ``attention_kernel`` (true/false) and ``prefix_cache_mb`` (0 turns the prefix cache
-    off)."""
+    ``compiled_decode``, ``attention_kernel`` and ``prefill_padding`` (true/false) and ``prefix_cache_mb`` (0
+    turns the prefix cache off)."""
     from higgs_mlx import engine as engine_mod
 
     options: dict[str, Any] = {}
@@ -499,7 +499,7 @@ def engine_options(server: Any) -> dict[str, Any]:
         if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
             raise ModelLoadError(f"[server] interleave_ms must be a number >= 0 (milliseconds), not {ms!r}")
         options["interleave_ms"] = float(ms)
-    for key in ("compiled_decode", "attention_kernel"):
+    for key in ("compiled_decode", "attention_kernel", "prefill_padding"):
         flag = getattr(server, key, None)
         if flag is not None:
             if not isinstance(flag, bool):

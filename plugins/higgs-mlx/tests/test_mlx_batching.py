@@ -12,6 +12,7 @@ from higgs.messages import ChatRequest, Message, ResponseFormat, Sampling, TextB
 from mlx_support import call_context, make_provider
 
 from higgs_mlx.engine import Chunk, Done, Engine, Failed, Job
+from higgs_mlx.prefix_cache import MIN_TOKENS
 from higgs_mlx.sampling import RequestSampler, make_processors
 
 
@@ -126,6 +127,44 @@ async def test_batched_output_equals_the_unbatched_engine(tiny_llama: Path):
         assert await _run(on.engine, SPECS, on.model("tiny")) == unbatched
     finally:
         await on.close()
+
+
+async def test_padded_prefill_gives_the_same_tokens(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch):
+    """``prefill_padding``: the last (partial) chunk of a prompt padded to a multiple of 64 and groups to slot
+    row counts; the tokens equal the unpadded engine's for chunked prompts, groups with spare rows, joins
+    mid-flight, exact prefix-cache hits and hits followed by a new suffix."""
+    from mlx_lm.models import llama
+
+    extended = [(f"{name}+", [*prompt, *_ids(10 + i, 5 + 7 * i)], n, sampling, 0.0)
+                for i, (name, prompt, n, sampling, _) in enumerate(SPECS)]
+    shapes: list[tuple[int, ...]] = []  # of the prefill calls (more than one token per row)
+    call = llama.Model.__call__
+
+    def spy(self: Any, inputs: Any, *args: Any, **kw: Any) -> Any:
+        if inputs.shape[1] > 1:
+            shapes.append(tuple(inputs.shape))
+        return call(self, inputs, *args, **kw)
+
+    monkeypatch.setattr(llama.Model, "__call__", spy)
+
+    async def three_runs(**server: Any) -> list[dict[str, list[int]]]:
+        provider = make_provider([(tiny_llama, "tiny")], prefill_chunk=64, **server)
+        await provider.start()
+        shapes.clear()  # not the start-up checks
+        try:
+            engine, lm = provider.engine, provider.model("tiny")
+            runs = [await _run(engine, SPECS, lm), await _run(engine, SPECS, lm), await _run(engine, extended, lm)]
+            cacheable = sum(len(prompt) >= MIN_TOKENS for _, prompt, *_ in SPECS)  # shorter ones are not cached
+            assert engine.grouped_prefills >= 1 and engine.state()["prefix_cache_hits"] >= 2 * cacheable
+            return runs
+        finally:
+            await provider.close()
+
+    plain = await three_runs()
+    assert any(width % 64 for _, width in shapes)  # unpadded, lengths vary
+    assert await three_runs(prefill_padding=True) == plain
+    assert shapes and all(width % 64 == 0 and rows in (1, 2, 4, 8, 16) for rows, width in shapes), shapes
+    assert any(rows > 1 for rows, _ in shapes), "no group was prefilled"
 
 
 def _chat(text: str, **kw: Any) -> ChatRequest:
@@ -290,6 +329,7 @@ def test_engine_options_from_server_settings():
         "attention_kernel": False, "compiled_decode": True, "prefix_cache_bytes": DEFAULT_PREFIX_CACHE_BYTES}
     with pytest.raises(ModelLoadError, match="attention_kernel must be true or false"):
         engine_options(ServerSettings(attention_kernel="yes"))
+    assert engine_options(ServerSettings(prefill_padding=True))["prefill_padding"] is True
 
 
 async def test_overload_over_http_in_each_format(tiny_llama: Path):
