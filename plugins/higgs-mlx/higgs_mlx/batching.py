@@ -20,8 +20,8 @@ sampler (own PRNG key) run on its own logits row. A batch of one row keeps the j
 
 With a ``CompiledDecoder`` (``compiled.py``: models whose layers are plain ``KVCache``s), the rows' KV
 lives in a ``StaticBatchCache`` instead, and each step is one call of the model's compiled step function
-(the same arithmetic, replayed without rebuilding the graph in Python). Rows joining rebuild that cache
-with the new rows right-aligned; rows leaving are filtered out of it.
+(the same arithmetic, replayed without rebuilding the graph in Python). Rows joining are copied into that
+cache right-aligned beside the running ones (``add_rows``); rows leaving are filtered out of it.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class DecodeBatch:
             self.rows.append(job)
 
     def _merge_static(self) -> None:
-        """Joiners into the ``StaticBatchCache``: every row's KV right-aligned again in new buffers."""
+        """Joiners into the ``StaticBatchCache``: their KV right-aligned beside the running rows'."""
         import mlx.core as mx
 
         from higgs_mlx.compiled import StaticBatchCache, rows_from_kv_caches
@@ -227,7 +227,7 @@ class DecodeBatch:
         groups, self._groups = self._groups, []
         grouped = {id(job) for jobs, *_ in groups for job in jobs}
         joiners, self._joining = [j for j in self._joining if id(j) not in grouped], []
-        kv = self.cache.rows() if self.cache is not None else []
+        kv: list[Any] = []  # the joining rows' KV
         rows = len(self.rows)  # the pending tokens may have a row per slot of the cache (compiled.slots)
         tokens = [self.tokens[:rows]] if self.tokens is not None else []
         logprobs = [self.logprobs[:rows]] if self.logprobs is not None else []
@@ -250,7 +250,10 @@ class DecodeBatch:
             self.rows.append(job)
         if not kv:
             return
-        self.cache = StaticBatchCache.from_rows(kv)
+        if self.cache is None:
+            self.cache = StaticBatchCache.from_rows(kv)
+        else:
+            self.cache.add_rows(kv)
         self.tokens = tokens[0] if len(tokens) == 1 else mx.concatenate(tokens)
         self.logprobs = logprobs[0] if len(logprobs) == 1 else mx.concatenate(logprobs)
 

@@ -63,6 +63,34 @@ def test_static_cache_right_aligns_rows_and_keeps_them_through_filter_and_growth
         assert all(mx.array_equal(g[0], w[0]) for g, w in zip(got, want, strict=True))
 
 
+@pytest.mark.parametrize(("first", "joining"), [
+    ([9, 5], [3, 7]),  # shorter than the write index: nothing moves
+    ([5, 2], [9, 1, 4, 6, 8, 3]),  # a longer row: the running rows shift right; 8 rows need 8 slots
+    ([60], [30, 62]),  # no room left in 64 positions: rebuilt
+])
+def test_rows_added_to_a_static_cache_are_the_rows_of_one_built_with_them(first: list[int], joining: list[int]):
+    """``add_rows`` copies only the new rows in; the result holds what ``from_rows`` of every row holds."""
+    running = [_row(n, seed) for seed, n in enumerate(first)]
+    new = [_row(n, 10 + seed) for seed, n in enumerate(joining)]
+    cache = compiled.StaticBatchCache.from_rows(running)
+    cache.write += 1  # a decode step wrote one position for every row
+    stepped = [[(mx.concatenate([k, cache.keys[i][r : r + 1, :, cache.write - 1 : cache.write]], axis=2),
+                 mx.concatenate([v, cache.values[i][r : r + 1, :, cache.write - 1 : cache.write]], axis=2))
+                for i, (k, v) in enumerate(row)] for r, row in enumerate(running)]
+    cache.add_rows(new)
+    want = compiled.StaticBatchCache.from_rows([*stepped, *new])
+    assert (cache.write, cache.left, cache.slots) == (want.write, want.left, compiled.slots(len(first) + len(joining)))
+    assert cache.capacity >= cache.write + 1
+    for got_row, want_row in zip(cache.rows(), want.rows(), strict=True):
+        for (gk, gv), (wk, wv) in zip(got_row, want_row, strict=True):
+            assert mx.array_equal(gk, wk) and mx.array_equal(gv, wv)
+    for layer in range(2):  # left padding is zeros, spare slots repeat row 0
+        for r, pad in enumerate(cache.left):
+            assert float(mx.abs(cache.keys[layer][r, :, :pad]).sum()) == 0
+        for spare in range(len(cache), cache.slots):
+            assert mx.array_equal(cache.keys[layer][spare], cache.keys[layer][0])
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("arch-models")
