@@ -32,6 +32,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from synthetic import build_model  # noqa: E402
+
 ROUTES = [
     ("code_generation", "Generating new code snippets, functions or boilerplate from a description"),
     ("bug_fixing", "Finding and fixing errors or bugs in code the user provides"),
@@ -46,18 +48,6 @@ WORDS = ("the a function returns value list error when I try to run this code wi
          "file read write server request response timeout cache memory thread async await class method "
          "string number parse json config user table column query result report summary email draft "
          "meeting plan schedule project deadline review change commit branch merge build deploy").split()
-
-
-def build_model(preset: str, dtype: str, bits: int, root: Path) -> Path:
-    """The synthetic model directory (made once, then reused)."""
-    import make_model
-
-    out = root / f"{preset}-{dtype}-{bits}bit"
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
-        return out
-    config, family = make_model.PRESETS[preset]
-    make_model.make_model(dict(config, torch_dtype=dtype), family, out, bits, 64, 0)
-    return out
 
 
 def conversation(tokens: Any, target: int, rng: random.Random) -> list[dict[str, str]]:

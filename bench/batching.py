@@ -37,17 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-
-def build_model(preset: str, dtype: str, bits: int, root: Path) -> Path:
-    """The synthetic model directory (made once, then reused)."""
-    import make_model
-
-    out = root / f"{preset}-{dtype}-{bits}bit"
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
-        return out
-    config, family = make_model.PRESETS[preset]
-    make_model.make_model(dict(config, torch_dtype=dtype), family, out, bits, 64, 0)
-    return out
+from synthetic import add_model_arguments, build_model  # noqa: E402
 
 
 class Prompts:
@@ -419,12 +409,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny", help="make_model.py preset (tiny, llama-3.2-1b-instruct, qwen3-1.7b)")
-    ap.add_argument("--model-dir", help="an MLX model directory instead of a synthetic one")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                    help="float dtype of the synthetic model (default: float32 on the CPU, bfloat16 on a GPU)")
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "higgs" / "bench-models")
+    add_model_arguments(ap)
     ap.add_argument("--servers", default="higgs,mlx_lm", help="comma list of higgs, higgs-eager (compiled decode "
                     "steps off), higgs-masked (compiled steps with MLX's masked attention, not the decode-attention "
                     "kernel), higgs-padded (prefill calls padded to a few shapes), higgs-nobatch, "

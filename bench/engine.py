@@ -36,18 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-
-def build_model(preset: str, dtype: str, bits: int, root: Path) -> Path:
-    """The synthetic model directory (made once, then reused)."""
-    import make_model
-
-    out = root / f"{preset}-{dtype}-{bits}bit"
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
-        return out
-    config, family = make_model.PRESETS[preset]
-    config = dict(config, torch_dtype=dtype)
-    make_model.make_model(config, family, out, bits, 64, 0)
-    return out
+from synthetic import add_model_arguments, build_model  # noqa: E402
 
 
 def random_prompt(vocab: int, n: int, seed: int) -> list[int]:
@@ -266,11 +255,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny", help="make_model.py preset (tiny, llama-3.2-1b-instruct, ...)")
-    ap.add_argument("--model-dir", help="use this MLX model directory instead of a synthetic one")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                    help="float dtype of the synthetic model (default: float32 on the CPU, bfloat16 on a GPU)")
-    ap.add_argument("--bits", type=int, default=4, help="quantization bits of the synthetic model (0 = none)")
+    add_model_arguments(ap)
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--gen", type=int, default=64, help="generated tokens per run")
     ap.add_argument("--repeats", type=int, default=5)
@@ -282,9 +267,6 @@ def main() -> int:
                          "(the CUDA default)")
     ap.add_argument("--http", action="store_true", help="also compare `higgs serve` with `mlx_lm server` over HTTP")
     ap.add_argument("--port", type=int, default=8731, help="first loopback port for --http servers")
-    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    ap.add_argument("--cache", type=Path, default=xdg / "higgs" / "bench-models",
-                    help="where synthetic models are kept (default: $XDG_CACHE_HOME/higgs/bench-models)")
     return asyncio.run(main_async(ap.parse_args()))
 
 

@@ -42,7 +42,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from engine import build_model, random_prompt, run_higgs, run_mlx_lm  # noqa: E402
+from engine import random_prompt, run_higgs, run_mlx_lm  # noqa: E402
+from synthetic import add_model_arguments, build_model  # noqa: E402
 
 
 def model_call(model: Any, tokens: list[int], cache: list[Any]) -> float:
@@ -225,17 +226,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny", help="make_model.py preset (tiny, llama-3.2-1b-instruct, qwen3-1.7b)")
-    ap.add_argument("--model-dir", help="an MLX model directory instead of a synthetic one")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                    help="float dtype of the synthetic model (default: float32 on the CPU, bfloat16 on a GPU)")
-    ap.add_argument("--bits", type=int, default=4)
+    add_model_arguments(ap)
     ap.add_argument("--prompt", type=int, default=128, help="tokens of a fresh prompt")
     ap.add_argument("--prefix", type=int, default=2048, help="cached positions before a prefix hit's token")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--burst", type=int, default=8, help="prompts prefilled together (widths differ by up to 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "higgs" / "bench-models")
     return asyncio.run(main_async(ap.parse_args()))
 
 
