@@ -191,7 +191,7 @@ async def main_async(args: argparse.Namespace) -> int:
     splits: dict[str, list[dict[str, float]]] = {"fresh": [], "hit": []}
     fresh, hit = [], []
     for i in range(runs):
-        seconds, split = await engine_first_token(engine, lm, prompt(n + 2 * runs + i, seed + 300 + i))
+        seconds, split = await engine_first_token(engine, lm, prompt(n + i, seed + 300 + i))
         fresh.append(seconds * 1000)
         splits["fresh"].append(split)
         long = prompt(args.prefix + i, seed + 400 + i)
@@ -203,7 +203,7 @@ async def main_async(args: argparse.Namespace) -> int:
     rows["higgs engine, prefix hit (exact repeat)"] = hit
     padded = []
     for i in range(runs):
-        fresh_prompt = prompt(n + 3 * runs + i, seed + 1000 + i)
+        fresh_prompt = prompt(n + i, seed + 1000 + i)
         seconds, _ = await engine_first_token(engines["padded"], lms["padded"], fresh_prompt)
         padded.append(seconds * 1000)
     rows["higgs engine, padded prefill, fresh prompt"] = padded

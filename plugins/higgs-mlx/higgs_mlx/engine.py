@@ -56,6 +56,8 @@ DEFAULT_INTERLEAVE_CHUNK = 128
 DEFAULT_INTERLEAVE_MS = 50.0
 #: Most padded prompt tokens of a burst of short prompts prefilled together in one call.
 DEFAULT_GROUP_PREFILL = 2048
+#: Idle seconds before MLX's buffer cache is returned to the device (requests closer together reuse it).
+DEFAULT_IDLE_CLEAR_SECONDS = 2.0
 
 
 @dataclass
@@ -194,6 +196,9 @@ class Engine:
         #: Pad prefill calls to the few widths and row counts of ``prefill_shapes`` (for MLX's per-shape
         #: cuDNN attention graphs on CUDA), where a model's cache layers allow it.
         self.prefill_padding = prefill_padding
+        #: Seconds of idleness after which MLX's buffer cache is returned (``_drain_inbox``).
+        self.idle_clear_seconds = DEFAULT_IDLE_CLEAR_SECONDS
+        self._cache_cleared = True
         self._prepared: dict[int, tuple[bool, Any]] = {}
         #: Why a model decodes eagerly although ``compiled_decode`` is on, by model name.
         self.eager_reasons: dict[str, str] = {}
@@ -323,9 +328,9 @@ class Engine:
                 self._step_all()
                 self._flush()
                 steps += 1
-                if not self._active or steps % 256 == 0:
-                    # Return MLX's cached buffers now and then (and when idle), as generate_step does,
-                    # so a long-running server does not hold the peak of every past request.
+                if steps % 256 == 0:
+                    # Return MLX's cached buffers now and then, as generate_step does, so a long run does
+                    # not hold the peak of every step before (and when idle: ``_drain_inbox``).
                     mx.clear_cache()
         except BaseException as err:  # never leave callers waiting on a dead thread
             log.exception("the engine thread failed")
@@ -347,15 +352,30 @@ class Engine:
         self._flush()
 
     def _drain_inbox(self) -> bool:
-        """Queue everything sent, admit what fits; block only while idle. False when asked to stop."""
+        """Queue everything sent, admit what fits; block only while idle. False when asked to stop.
+
+        MLX's buffer cache is emptied once the engine has been idle for ``idle_clear_seconds``, not at
+        once: requests that follow each other closely reuse the buffers the previous one allocated (freed
+        buffers go back to the device, and the next request would allocate them all again)."""
         while True:
             idle = not self._active and not self._waiting
             if idle:
                 self._flush()  # nothing may wait in a mailbox while the thread sleeps
             try:
-                item = self._inbox.get(block=idle)
+                if idle and not self._cache_cleared:
+                    try:
+                        item = self._inbox.get(timeout=self.idle_clear_seconds)
+                    except queue.Empty:
+                        import mlx.core as mx
+
+                        mx.clear_cache()
+                        self._cache_cleared = True
+                        continue
+                else:
+                    item = self._inbox.get(block=idle)
             except queue.Empty:
                 break
+            self._cache_cleared = False
             if item is None:
                 return False
             if isinstance(item, _Call):

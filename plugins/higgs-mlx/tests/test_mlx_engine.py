@@ -444,3 +444,21 @@ def test_every_server_key_the_engine_reads_is_declared():
     read -= {"key", "batch"}  # batch is the kernel's own [server] key
     spec = higgs_mlx.higgs_providers()[0]
     assert read == set(spec.server_keys) == set(higgs_mlx.SERVER_KEYS)
+
+
+async def test_buffers_are_kept_between_close_requests_and_returned_when_idle(provider):
+    """MLX's buffer cache survives from one request to the next and is emptied after ``idle_clear_seconds``
+    without work."""
+    import mlx.core as mx
+
+    engine = provider.engine
+    engine.idle_clear_seconds = 0.5
+    for _ in range(2):
+        await provider.chat(chat(max_tokens=8), call_context())
+        kept = await asyncio.wrap_future(engine.call(mx.get_cache_memory))
+        assert kept > 0, "the buffers of the request just finished were returned at once"
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if mx.get_cache_memory() == 0:
+            break
+    assert mx.get_cache_memory() == 0
