@@ -331,7 +331,9 @@ def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[li
     if padded:  # spare rows: the first prompt again, on fresh caches of its own
         from mlx_lm.models.cache import make_prompt_cache
 
-        spare = prefill_shapes.rows(len(jobs)) - len(jobs)
+        from higgs_mlx.compiled import slots
+
+        spare = slots(len(jobs)) - len(jobs)
         caches += [make_prompt_cache(model) for _ in range(spare)]
         bodies += bodies[:1] * spare
     cache = [type(layer).merge([c[i] for c in caches]) for i, layer in enumerate(jobs[0].cache)]

@@ -361,20 +361,17 @@ class Engine:
             idle = not self._active and not self._waiting
             if idle:
                 self._flush()  # nothing may wait in a mailbox while the thread sleeps
+            wait = self.idle_clear_seconds if idle and not self._cache_cleared else None
             try:
-                if idle and not self._cache_cleared:
-                    try:
-                        item = self._inbox.get(timeout=self.idle_clear_seconds)
-                    except queue.Empty:
-                        import mlx.core as mx
-
-                        mx.clear_cache()
-                        self._cache_cleared = True
-                        continue
-                else:
-                    item = self._inbox.get(block=idle)
+                item = self._inbox.get(block=idle, timeout=wait)
             except queue.Empty:
-                break
+                if not idle:
+                    break
+                import mlx.core as mx  # idle for ``wait`` seconds
+
+                mx.clear_cache()
+                self._cache_cleared = True
+                continue
             self._cache_cleared = False
             if item is None:
                 return False
@@ -628,16 +625,15 @@ class Engine:
                     # full chunks repeat their shapes already; a prompt's last, partial one is padded
                     width = (prefill_shapes.width(n) if self.prefill_padding and n < chunk_size
                              and job.embeds is None and prefill_shapes.paddable(job.cache) else n)
-                    chunk = mx.array(tokens)
                     started = time.perf_counter()
-                    job.lm.model((mx.array(tokens + tokens[-1:] * (width - n)) if width > n else chunk)[None],
-                                 cache=job.cache, **_embeds(job, job.pos, job.pos + n))
-                    if width > n:  # the padded positions are overwritten by the next write
-                        for c in job.cache:
-                            c.trim(width - n)
+                    job.lm.model(mx.array(tokens + tokens[-1:] * (width - n))[None], cache=job.cache,
+                                 **_embeds(job, job.pos, job.pos + n))
+                    for c in job.cache if width > n else ():  # the next write overwrites the padding
+                        c.trim(width - n)
                     mx.eval([c.state for c in job.cache])
                     self._measured(job.lm, n, time.perf_counter() - started)
                     if job.processors:
+                        chunk = mx.array(tokens)
                         job.history = chunk if job.history is None else mx.concatenate([job.history, chunk])
                     job.pos += n
                     used += n

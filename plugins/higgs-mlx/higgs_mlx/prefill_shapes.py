@@ -4,8 +4,8 @@ Why: on CUDA, MLX prefills attention with cuDNN and builds (and caches) one cuDN
 call: rows, query positions, key positions, mask. Every prompt has its own length, and a burst of prompts
 prefilled together has its own row count and padded width, so without padding most prefill calls meet a
 shape for the first time and pay for building its graph. ``width()`` rounds a call's token count up
-(multiples of 64, of 256 beyond 1024 tokens) and ``rows()`` a group's row count (``compiled.slots``: powers
-of two, then multiples of 8), at the price of computing the padded positions.
+(multiples of 64, of 256 beyond 1024 tokens) and a group's row count is padded to the compiled steps'
+``compiled.slots`` (powers of two, then multiples of 8), at the price of computing the padded positions.
 
 How the padding stays invisible: one prompt's chunk is padded at its end with copies of its last token;
 causal attention keeps the real positions from seeing them, and the cache is trimmed back by the padded
@@ -19,18 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from higgs_mlx.compiled import slots
-
 
 def width(n: int) -> int:
     """Padded token count of a prefill call of ``n`` tokens."""
     step = 64 if n <= 1024 else 256
     return -(-n // step) * step
-
-
-def rows(n: int) -> int:
-    """Padded row count of ``n`` prompts prefilled together."""
-    return slots(n)
 
 
 def paddable(cache: list[Any]) -> bool:

@@ -365,6 +365,33 @@ async def test_overload_over_http_in_each_format(tiny_llama: Path):
             assert again.status == 200
 
 
+def test_prefill_padding_from_the_config_answers_like_the_default_over_http(tiny_llama: Path):
+    """``[server] prefill_padding = true`` through the real app and the OpenAI SDK: the same greedy answers,
+    streamed and not, as a server without it; a non-boolean value is refused at start-up."""
+    import openai
+    from higgs.config import ServerSettings
+    from higgs.testing import serve_in_thread
+    from mlx_support import mlx_app
+
+    from higgs_mlx.loader import ModelLoadError
+    from higgs_mlx.provider import engine_options
+
+    messages = [{"role": "user", "content": "a prompt of a few words, not a multiple of 64 tokens " * 3}]
+    answers = []
+    for server in ({}, {"prefill_padding": True}):
+        app = mlx_app({"server": server, "models": [{"path": str(tiny_llama), "name": "tiny"}]})
+        with serve_in_thread(app, timeout=120) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+            parts = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
+                                                   stream=True)
+            streamed = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+            answers.append((whole.choices[0].message.content, streamed))
+    assert answers[0] == answers[1] and answers[0][0] == answers[0][1] and answers[0][0]
+    with pytest.raises(ModelLoadError, match="prefill_padding must be true or false"):
+        engine_options(ServerSettings(prefill_padding="on"))
+
+
 def test_interleaved_chunk_follows_the_measured_prefill_speed():
     """While others decode, a prompt is prefilled in what its model does in ``interleave_ms`` (whole
     ``interleave_chunk``s, at least one, at most ``prefill_chunk``); unknown speed: one chunk."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -206,5 +207,9 @@ async def test_metrics_show_the_engine_numbers(served):
     async with aiohttp.ClientSession() as session, session.get(served + "/metrics") as resp:
         text = await resp.text()
     assert resp.status == 200
-    for name in ("kv_cache_bytes", "prefix_cache_bytes", "prefix_cache_hit_rate", "batch_size", "queue_depth"):
+    for name in ("kv_cache_bytes", "prefix_cache_bytes", "prefix_cache_hit_rate", "batch_size", "queue_depth",
+                 "compiled_traces", "compiled_trace_seconds", "prefill_seconds", "decode_seconds"):
         assert name in text, name
+    # the requests of the test before: their first tokens and the time the engine spent on them
+    (engine,) = [state for state in json.loads(text)["engine"].values() if isinstance(state, dict)]
+    assert engine["first_tokens"] >= 1 and engine["first_token_seconds"] > 0 and engine["prefill_seconds"] > 0
