@@ -137,7 +137,7 @@ SERVER_ENV = {"higgs-nocudnn": {"MLX_CUDA_USE_CUDNN_SDPA": "0"}, "mlx_lm-nocudnn
 
 #: Cumulative counters of the higgs engine's ``/metrics`` whose differences describe one workload.
 ENGINE_COUNTERS = ("compiled_traces", "compiled_trace_seconds", "prefill_seconds", "decode_seconds",
-                   "first_token_seconds", "first_tokens")
+                   "first_token_seconds", "first_tokens", "grouped_prefills", "grouped_prompts")
 
 
 async def engine_counters(session: Any, url: str) -> dict[str, float]:
@@ -350,13 +350,17 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
                  if lv.get("engine")]
     if diagnosed:
         print("\nhiggs engines during the median round (/metrics differences): new compiled-step shapes and the "
-              "host s their traces took, s spent prefilling and decoding, engine vs client time to first token")
-        print("| server | streams | traces | trace s | prefill s | decode s | engine TTFT mean | client TTFT mean |")
-        print("|---|---|---|---|---|---|---|---|")
+              "host s their traces took, s spent prefilling and decoding, prompts prefilled in groups (in how many "
+              "calls), engine vs client time to first token")
+        print("| server | streams | traces | trace s | prefill s | decode s | prompts in groups (calls) "
+              "| engine TTFT mean | client TTFT mean |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for n, level, e in diagnosed:
             ttft = e["first_token_seconds"] / e["first_tokens"] if e["first_tokens"] else float("nan")
             print(f"| {n} | {level} | {e['compiled_traces']:.0f} | {e['compiled_trace_seconds']:.3f} | "
-                  f"{e['prefill_seconds']:.3f} | {e['decode_seconds']:.3f} | {ttft:.3f} | "
+                  f"{e['prefill_seconds']:.3f} | {e['decode_seconds']:.3f} | "
+                  f"{e.get('grouped_prompts', 0):.0f} ({e.get('grouped_prefills', 0):.0f}) | "
+                  f"{ttft:.3f} | "
                   f"{results[n]['levels'][level]['ttft_mean']:.3f} |")
     for n in names:
         p = results[n].get("prefix") or {}

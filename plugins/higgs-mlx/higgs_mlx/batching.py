@@ -314,9 +314,11 @@ def sample_rows(jobs: list[Job], logits: Any, tokens: Any | None) -> tuple[Any, 
 
 
 def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[list[Any], Any, Any]:
-    """Prefill several fresh prompts of one model in padded calls, as mlx-lm's ``BatchGenerator`` does:
-    all but the last token right-padded (the caches' ``prepare``/``finalize`` roll the padding to the left),
-    then every last token in one step. Returns (batch cache, first tokens ``(B,)``, logprobs ``(B, vocab)``).
+    """Prefill several prompts of one model in padded calls, as mlx-lm's ``BatchGenerator`` does: the
+    rows' caches (empty, or holding a prefix-cache hit: ``job.pos`` tokens) merged left-padded, the rest of
+    every prompt but its last token right-padded (the caches' ``prepare``/``finalize`` roll the padding to
+    the left), then every last token in one step. Returns (batch cache, first tokens ``(B,)``, logprobs
+    ``(B, vocab)``).
 
     ``padded``: pad the calls' width and row count to the few shapes of ``prefill_shapes`` (models whose
     caches allow it)."""
@@ -327,7 +329,7 @@ def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[li
     model = jobs[0].lm.model
     padded = padded and prefill_shapes.paddable(jobs[0].cache)
     caches = [job.cache for job in jobs]
-    bodies = [job.prompt[:-1] for job in jobs]
+    bodies = [job.prompt[job.pos : -1] for job in jobs]
     if padded:  # spare rows: the first prompt again, on fresh caches of its own
         from mlx_lm.models.cache import make_prompt_cache
 

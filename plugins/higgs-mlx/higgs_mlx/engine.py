@@ -186,7 +186,9 @@ class Engine:
         self.batch_prefill = True
         #: Most padded prompt tokens prefilled together in one call.
         self.group_prefill = group_prefill
+        #: Group prefill calls, and the prompts they prefilled (``/metrics``).
         self.grouped_prefills = 0
+        self.grouped_prompts = 0
         #: Batched decode steps through the model's compiled step function where the model allows it
         #: (None: on a GPU, off on MLX's CPU backend, where the step is bound by the kernels, not the host).
         self.compiled_decode = compiled_decode
@@ -303,6 +305,7 @@ class Engine:
             "max_queue": self.max_queue,
             "rejected_requests": self.rejected,
             "grouped_prefills": self.grouped_prefills,
+            "grouped_prompts": self.grouped_prompts,
             "compiled_decode_models": sum(1 for _, d in self._prepared.values() if d is not None),
             "attention_kernel_models": sum(1 for _, d in self._prepared.values() if d and d.attention_kernel),
             "compiled_traces": sum(len(d.shapes) for _, d in self._prepared.values() if d is not None),
@@ -487,18 +490,21 @@ class Engine:
             self._prefill_rate.setdefault(id(lm.model), deque(maxlen=8)).append(tokens / seconds)
 
     def _prefill_together(self, budget: int, chunk: int) -> int:
-        """Prefill fresh short prompts that arrived together in one padded call per model (as mlx_lm's
-        server does), so simultaneous requests start decoding together. Returns the tokens used."""
+        """Prefill short prompts that arrived together in one padded call per model (as mlx_lm's server
+        does), so simultaneous requests start decoding together. Returns the tokens used.
+
+        A prompt whose start came from the prefix cache joins with its cached part (the group's batch cache
+        is merged from the rows' caches, left-padded): requests through one chat template share its first
+        tokens, so nearly every prompt after the first has a hit of a few tokens."""
         import mlx.core as mx
 
         groups: dict[int, list[Job]] = {}
-        total = 0
         for job in self._active:
-            if (job.prefilling and not job.cancelled and job.pos == 0 and job.embeds is None
-                    and len(job.prompt) <= self.prefill_chunk and self._batching(job)):
+            if (job.prefilling and not job.cancelled and job.embeds is None
+                    and len(job.prompt) - job.pos <= self.prefill_chunk and self._batching(job)):
                 group = groups.setdefault(id(job.lm), [])
-                width = max([len(job.prompt), *(len(j.prompt) for j in group)])
-                if width * (len(group) + 1) > budget - total and group:
+                width = max(len(j.prompt) - j.pos for j in [job, *group])
+                if width * (len(group) + 1) > budget and group:
                     continue
                 group.append(job)
         used = 0
@@ -520,9 +526,10 @@ class Engine:
                     job.emit(Failed(err))
                 continue
             self.grouped_prefills += 1
+            self.grouped_prompts += len(jobs)
             for job in jobs:
+                used += len(job.prompt) - job.pos
                 job.pos, job.prefilling, job.cache, job.in_batch = len(job.prompt), False, None, True
-                used += len(job.prompt)
             self._batch_for(jobs[0].lm).join_group(jobs, cache, y, logprobs)
         return used
 

@@ -113,6 +113,41 @@ async def test_prompts_prefilled_one_by_one_give_the_same_tokens(batch_provider)
     assert engine.grouped_prefills == grouped
 
 
+async def test_prompts_with_prefix_hits_are_prefilled_together(batch_provider, tiny_llama: Path,
+                                                                monkeypatch: pytest.MonkeyPatch):
+    """Prompts that start with cached tokens (a chat template's first tokens, a shared system prompt) still
+    join a group prefill, with their cached part, and give the tokens of cold solo runs."""
+    from higgs_mlx import engine as engine_module
+
+    head = _ids(20, 24)
+    specs: list[tuple[str, list[int], int, Sampling | None, float]] = [
+        (f"p{i}", [*head[: 18 + 2 * i], *_ids(30 + i, 3 + 9 * i)], 10, sampling, 0)
+        for i, sampling in enumerate([None, None, Sampling(temperature=0.8, seed=5), None,
+                                      Sampling(temperature=0, repetition_penalty=1.2)])]
+    specs.append(("exact", list(head), 8, None, 0))  # all but its last token cached
+    cold = {}
+    for spec in specs:  # batch_provider has no prefix cache
+        cold.update(await _run(batch_provider.engine, [spec], batch_provider.model("tiny")))
+    groups: list[list[int]] = []  # the cached tokens of each group's rows
+    prefill_group = engine_module.prefill_group
+
+    def spy(jobs: list[Job], *args: Any) -> Any:
+        groups.append([job.pos for job in jobs])
+        return prefill_group(jobs, *args)
+
+    monkeypatch.setattr(engine_module, "prefill_group", spy)
+    provider = make_provider([(tiny_llama, "tiny")], compiled_decode=batch_provider.engine.compiled_decode)
+    await provider.start()
+    try:
+        engine, lm = provider.engine, provider.model("tiny")
+        await _run(engine, [("head", [*head, 5, 6], 2, None, 0)], lm)
+        assert await _run(engine, specs, lm) == cold
+        assert engine.state()["prefix_cache_hits"] >= len(specs)
+        assert any(len(rows) >= 2 and min(rows) > 0 for rows in groups), groups
+    finally:
+        await provider.close()
+
+
 async def test_batched_output_equals_the_unbatched_engine(tiny_llama: Path):
     off = make_provider([(tiny_llama, "tiny")], batch=False, prefix_cache_mb=0)
     await off.start()
