@@ -268,6 +268,7 @@ async def prefix_round(session: Any, url: str, model: str, args: argparse.Namesp
     (with a ``probe``, also the engine's own time to the first token of each)."""
     times: dict[str, list[float]] = {"cold": [], "repeat": [], "shared": []}
     engine: dict[str, list[float]] = {key: [] for key in times}
+    traces: dict[str, float] = dict.fromkeys(times, 0.0)
     cached = []
     for _ in range(args.prefix_reps):
         system = prompts.text(args.prefix)
@@ -278,12 +279,14 @@ async def prefix_round(session: Any, url: str, model: str, args: argparse.Namesp
             times[key].append(out["first"] - out["start"])
             if counters and counters["first_tokens"]:
                 engine[key].append(counters["first_token_seconds"] / counters["first_tokens"])
+                traces[key] += counters["compiled_traces"]
             if key == "repeat":
                 cached.append(out["cached"])
     result: dict[str, Any] = {key: statistics.median(values) for key, values in times.items()}
     result["cached_tokens"] = statistics.median(cached)
     if all(engine.values()):
         result["engine_first_token"] = {key: statistics.median(values) for key, values in engine.items()}
+        result["engine_traces"] = traces
     return result
 
 
@@ -365,8 +368,9 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
     for n in names:
         p = results[n].get("prefix") or {}
         if p.get("engine_first_token"):
-            print(f"{n} engine time to first token (prefix workloads): "
-                  + ", ".join(f"{k} {v:.3f} s" for k, v in p["engine_first_token"].items()))
+            traces = p.get("engine_traces", {})
+            print(f"{n} engine time to first token (prefix workloads; new compiled-step shapes in all reps): "
+                  + ", ".join(f"{k} {v:.3f} s ({traces.get(k, 0):.0f})" for k, v in p["engine_first_token"].items()))
     for n in names:
         if results[n].get("engine"):
             print(f"{n} engine (/metrics): " + ", ".join(f"{k} {v}" for k, v in results[n]["engine"].items()))

@@ -28,7 +28,7 @@ def _make_provider(settings: ProviderSettings, ctx: ProviderContext) -> Provider
 
 #: The engine's knobs under ``[server]`` (docs/engine.md), read by ``provider.engine_options``.
 SERVER_KEYS = ("max_batch", "max_queue", "prefill_chunk", "interleave_chunk", "interleave_ms", "group_prefill",
-               "prefix_cache_mb", "compiled_decode", "attention_kernel", "prefill_padding")
+               "prefix_cache_mb", "compiled_decode", "attention_kernel", "prefill_padding", "gather_ms")
 
 
 @hookimpl

@@ -58,6 +58,9 @@ DEFAULT_INTERLEAVE_MS = 50.0
 DEFAULT_GROUP_PREFILL = 2048
 #: Idle seconds before MLX's buffer cache is returned to the device (requests closer together reuse it).
 DEFAULT_IDLE_CLEAR_SECONDS = 2.0
+#: Longest wait (ms) of an idle engine for requests announced (``Engine.expect``) but not yet submitted, so
+#: a burst is prefilled as one group instead of its first request alone and the rest after it.
+DEFAULT_GATHER_MS = 20.0
 
 
 @dataclass
@@ -145,6 +148,20 @@ class Job:
         self.cancelled = True
 
 
+class Arrival:
+    """A request the engine will be given soon (``Engine.expect``): release it once submitted or dropped."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine: Engine | None = engine
+
+    def release(self) -> None:
+        """No longer expected (idempotent)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            with engine._incoming_lock:
+                engine._incoming -= 1
+
+
 @dataclass
 class _Call:
     fn: Callable[[], Any]
@@ -159,7 +176,8 @@ class Engine:
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  interleave_chunk: int = DEFAULT_INTERLEAVE_CHUNK, group_prefill: int = DEFAULT_GROUP_PREFILL,
                  compiled_decode: bool | None = None, interleave_ms: float = DEFAULT_INTERLEAVE_MS,
-                 attention_kernel: bool | None = None, prefill_padding: bool = False) -> None:
+                 attention_kernel: bool | None = None, prefill_padding: bool = False,
+                 gather_ms: float = DEFAULT_GATHER_MS) -> None:
         #: Prompt tokens per prefill chunk (and per pass) while nothing else decodes.
         self.prefill_chunk = prefill_chunk
         #: The same while other requests decode (smaller, so they keep streaming): at least this many tokens,
@@ -198,6 +216,10 @@ class Engine:
         #: Pad prefill calls to the few widths and row counts of ``prefill_shapes`` (for MLX's per-shape
         #: cuDNN attention graphs on CUDA), where a model's cache layers allow it.
         self.prefill_padding = prefill_padding
+        #: Longest wait of an idle engine, once work arrived, for requests still being prepared (0 = none).
+        self.gather_ms = gather_ms
+        self._incoming = 0
+        self._incoming_lock = threading.Lock()
         #: Seconds of idleness after which MLX's buffer cache is returned (``_drain_inbox``).
         self.idle_clear_seconds = DEFAULT_IDLE_CLEAR_SECONDS
         self._cache_cleared = True
@@ -255,6 +277,14 @@ class Engine:
         """Whether the caller runs on the engine thread."""
         return threading.current_thread() is self._thread
 
+    def expect(self) -> Arrival:
+        """Announce a request whose prompt is being prepared (template, tokenizer) and that will be submitted
+        soon: an idle engine that is given work waits up to ``gather_ms`` for the announced ones, so
+        requests sent together are prefilled together. Release the arrival once its job is submitted."""
+        with self._incoming_lock:
+            self._incoming += 1
+        return Arrival(self)
+
     def queued(self) -> int:
         """Jobs submitted but not yet started."""
         return self._inbox.qsize() + len(self._waiting)
@@ -306,6 +336,7 @@ class Engine:
             "rejected_requests": self.rejected,
             "grouped_prefills": self.grouped_prefills,
             "grouped_prompts": self.grouped_prompts,
+            "announced_requests": self._incoming,
             "compiled_decode_models": sum(1 for _, d in self._prepared.values() if d is not None),
             "attention_kernel_models": sum(1 for _, d in self._prepared.values() if d and d.attention_kernel),
             "compiled_traces": sum(len(d.shapes) for _, d in self._prepared.values() if d is not None),
@@ -360,6 +391,7 @@ class Engine:
         MLX's buffer cache is emptied once the engine has been idle for ``idle_clear_seconds``, not at
         once: requests that follow each other closely reuse the buffers the previous one allocated (freed
         buffers go back to the device, and the next request would allocate them all again)."""
+        was_idle = not self._active
         while True:
             idle = not self._active and not self._waiting
             if idle:
@@ -376,16 +408,10 @@ class Engine:
                 self._cache_cleared = True
                 continue
             self._cache_cleared = False
-            if item is None:
+            if not self._take(item):
                 return False
-            if isinstance(item, _Call):
-                if item.future.set_running_or_notify_cancel():
-                    try:
-                        item.future.set_result(item.fn())
-                    except BaseException as err:
-                        item.future.set_exception(err)
-            else:
-                self._waiting.append(item)
+        if was_idle and self._waiting and not self._gather():
+            return False
         if any(job.cancelled for job in self._waiting):  # a client that left while queued
             self._waiting = deque(job for job in self._waiting if not job.cancelled)
         while self._waiting and len(self._active) < self.max_batch:
@@ -399,6 +425,33 @@ class Engine:
             except BaseException as err:
                 job.emit(Failed(err))
                 raise
+        return True
+
+    def _take(self, item: Job | _Call | None) -> bool:
+        """One inbox item: a job waits, a call runs; False for the stop signal."""
+        if item is None:
+            return False
+        if isinstance(item, _Call):
+            if item.future.set_running_or_notify_cancel():
+                try:
+                    item.future.set_result(item.fn())
+                except BaseException as err:
+                    item.future.set_exception(err)
+        else:
+            self._waiting.append(item)
+        return True
+
+    def _gather(self) -> bool:
+        """Work reached an idle engine: wait up to ``gather_ms`` while announced requests are still being
+        prepared (``expect``), so a burst starts as one prefill. False for the stop signal."""
+        deadline = time.perf_counter() + self.gather_ms / 1000
+        while self._incoming > 0 and (left := deadline - time.perf_counter()) > 0:
+            try:
+                item = self._inbox.get(timeout=min(left, 0.0005))
+            except queue.Empty:
+                continue
+            if not self._take(item):
+                return False
         return True
 
     def _admit(self, job: Job) -> None:

@@ -48,7 +48,7 @@ from higgs.messages import (
 
 from higgs_mlx import prompt as prompts
 from higgs_mlx import vision
-from higgs_mlx.engine import Chunk, Done, Engine, EngineOutput, Failed, Job
+from higgs_mlx.engine import Arrival, Chunk, Done, Engine, EngineOutput, Failed, Job
 from higgs_mlx.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_path, warm_up
 from higgs_mlx.output import EventBuilder, OutputParser, PlainTextParser
 
@@ -292,8 +292,9 @@ class MlxProvider(Provider):
             "top_logprobs": (sampling.top_logprobs or 0) if sampling.logprobs else None,
         }
 
-    async def _run(self, jobs: list[Job]) -> AsyncIterator[tuple[int, EngineOutput]]:
-        """Submit ``jobs`` and yield ``(job index, output)`` until each is done; cancel them on exit."""
+    async def _run(self, jobs: list[Job], arrival: Arrival | None = None) -> AsyncIterator[tuple[int, EngineOutput]]:
+        """Submit ``jobs`` (then release their ``arrival``) and yield ``(job index, output)`` until each is
+        done; cancel them on exit."""
         loop = asyncio.get_running_loop()
         if self._mailbox is None or self._mailbox.loop is not loop:
             self._mailbox = _Mailbox(loop, self.engine)
@@ -308,6 +309,8 @@ class MlxProvider(Provider):
         for index, job in enumerate(jobs):
             job.emit = emitter(index)
             self.engine.submit(job)
+        if arrival is not None:
+            arrival.release()
         open_jobs = len(jobs)
         try:
             while open_jobs:
@@ -364,8 +367,20 @@ class MlxProvider(Provider):
         if vision.has_images(request):  # images: fetched, rendered and embedded by higgs_mlx.vision
             lm, prepared = await vision.prepare_chat(self, request)
             text, ids, embeds = prepared.text, prepared.ids, prepared.embeds
-        else:
+            async for event in self._chat_job_events(request, logprobs, lm, text, ids, embeds, None):
+                yield event
+            return
+        arrival = self.engine.expect()  # text prompts of a burst are prefilled together
+        try:
             lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
+            async for event in self._chat_job_events(request, logprobs, lm, text, ids, None, arrival):
+                yield event
+        finally:
+            arrival.release()
+
+    async def _chat_job_events(self, request: ChatRequest, logprobs: list[dict[str, Any]] | None,
+                               lm: LoadedModel, text: str, ids: list[int], embeds: Any,
+                               arrival: Arrival | None) -> AsyncIterator[StreamEvent]:
         max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
         kwargs = self._job_kwargs(request.sampling, lm)
         # Compiling the index of a new schema takes seconds: keep it off the event loop (the processors
@@ -376,7 +391,7 @@ class MlxProvider(Provider):
         parser = self._output_parser(request, lm, text)
         builder = EventBuilder()
         yield StreamStart(id=new_id(), model=request.model, usage=Usage(input_tokens=len(ids)))
-        async for _, item in self._run([job]):
+        async for _, item in self._run([job], arrival):
             if isinstance(item, Chunk):
                 if logprobs is not None and item.logprobs:
                     logprobs.extend(item.logprobs)
@@ -429,6 +444,14 @@ class MlxProvider(Provider):
 
     async def complete_stream(self, request: CompletionRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
         """Text completion as a stream; ``BlockDelta.index`` is the choice index."""
+        arrival = self.engine.expect()
+        try:
+            async for event in self._completion_events(request, arrival):
+                yield event
+        finally:
+            arrival.release()
+
+    async def _completion_events(self, request: CompletionRequest, arrival: Arrival) -> AsyncIterator[StreamEvent]:
         _, jobs, echoes = await self._completion_jobs(request)
         yield StreamStart(id=new_id("cmpl"), model=request.model,
                           usage=Usage(input_tokens=sum(len(j.prompt) for j in jobs)))
@@ -436,7 +459,7 @@ class MlxProvider(Provider):
         reasons: list[StopReason | None] = [None] * len(jobs)
         stop_seq: str | None = None
         usage = Usage()
-        async for index, item in self._run(jobs):
+        async for index, item in self._run(jobs, arrival):
             if isinstance(item, Failed):
                 yield StreamError(error=_error_info(item.error))
                 return
@@ -459,11 +482,18 @@ class MlxProvider(Provider):
 
     async def complete(self, request: CompletionRequest, call: CallContext) -> CompletionResponse:
         """Full text completion, one choice per prompt x ``n``."""
+        arrival = self.engine.expect()
+        try:
+            return await self._complete(request, arrival)
+        finally:
+            arrival.release()
+
+    async def _complete(self, request: CompletionRequest, arrival: Arrival) -> CompletionResponse:
         _, jobs, echoes = await self._completion_jobs(request)
         texts = list(echoes)
         reasons: list[StopReason | None] = ["end_turn"] * len(jobs)
         usage = Usage()
-        async for index, item in self._run(jobs):
+        async for index, item in self._run(jobs, arrival):
             if isinstance(item, Failed):
                 raise ApiError.from_info(_error_info(item.error))
             if isinstance(item, Chunk):
@@ -480,7 +510,8 @@ class MlxProvider(Provider):
 
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
-    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``interleave_ms``, ``group_prefill``,
+    ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``interleave_ms``, ``gather_ms``,
+    ``group_prefill``,
     ``compiled_decode``, ``attention_kernel`` and ``prefill_padding`` (true/false) and ``prefix_cache_mb`` (0
     turns the prefix cache off)."""
     from higgs_mlx import engine as engine_mod
@@ -494,11 +525,12 @@ def engine_options(server: Any) -> dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_queue" else 1):
                 raise ModelLoadError(f"[server] {key} must be a positive integer, not {value!r}")
             options[key] = value
-    ms = getattr(server, "interleave_ms", None)
-    if ms is not None:
-        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
-            raise ModelLoadError(f"[server] interleave_ms must be a number >= 0 (milliseconds), not {ms!r}")
-        options["interleave_ms"] = float(ms)
+    for key in ("interleave_ms", "gather_ms"):
+        ms = getattr(server, key, None)
+        if ms is not None:
+            if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
+                raise ModelLoadError(f"[server] {key} must be a number >= 0 (milliseconds), not {ms!r}")
+            options[key] = float(ms)
     for key in ("compiled_decode", "attention_kernel", "prefill_padding"):
         flag = getattr(server, key, None)
         if flag is not None:

@@ -148,6 +148,121 @@ async def test_prompts_with_prefix_hits_are_prefilled_together(batch_provider, t
         await provider.close()
 
 
+async def test_an_idle_engine_gathers_the_announced_requests_into_one_prefill(tiny_llama: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    """Requests announced with ``expect`` and submitted 30 ms apart (their templates still rendering) start as
+    one group prefill; without the gather the first starts alone; an announcement that is never released
+    holds the engine back for ``gather_ms`` only."""
+    import threading
+    import time
+
+    from higgs_mlx import engine as engine_module
+
+    groups: list[int] = []
+    prefill_group = engine_module.prefill_group
+
+    def spy(jobs: list[Job], *args: Any) -> Any:
+        groups.append(len(jobs))
+        return prefill_group(jobs, *args)
+
+    monkeypatch.setattr(engine_module, "prefill_group", spy)
+    provider = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0, gather_ms=5000)
+    await provider.start()
+    try:
+        engine, lm = provider.engine, provider.model("tiny")
+        specs = [(f"r{i}", _ids(40 + i, 20 + 5 * i), 6, None, 0.0) for i in range(4)]
+        solo = {}
+        for spec in specs:
+            solo.update(await _run(engine, [spec], lm))
+        assert groups == []
+
+        async def burst() -> tuple[dict[str, list[int]], float]:
+            loop = asyncio.get_running_loop()
+            outputs: asyncio.Queue = asyncio.Queue()
+            arrivals = [engine.expect() for _ in specs]
+            jobs = [_job(lm, prompt, n, outputs, name) for name, prompt, n, *_ in specs]
+
+            def prepare_and_submit() -> None:  # what the provider's worker threads do, one after another
+                for job, arrival in zip(jobs, arrivals, strict=True):
+                    time.sleep(0.03)
+                    engine.submit(job)
+                    arrival.release()
+
+            started = time.perf_counter()
+            thread = threading.Thread(target=prepare_and_submit)
+            thread.start()
+            tokens: dict[str, list[int]] = {name: [] for name, *_ in specs}
+            first = 0.0
+            done = 0
+            while done < len(specs):
+                name, item = await asyncio.wait_for(outputs.get(), 60)
+                if isinstance(item, Chunk) and item.logprobs:
+                    first = first or time.perf_counter() - started
+                    tokens[name].extend(e["id"] for e in item.logprobs)
+                elif isinstance(item, Done):
+                    done += 1
+            await loop.run_in_executor(None, thread.join)
+            return tokens, first
+
+        gathered, _ = await burst()
+        assert gathered == solo
+        assert groups == [4], groups
+        groups.clear()
+        engine.gather_ms = 0
+        assert (await burst())[0] == solo
+        assert 4 not in groups, groups  # the first request started alone
+        engine.gather_ms = 300
+        forgotten = engine.expect()  # a request that never comes
+        groups.clear()
+        tokens, first = await burst()
+        assert tokens == solo and groups == [4]
+        assert first >= 0.3  # the wait ran to its bound: the forgotten request was still announced
+        forgotten.release()
+        forgotten.release()  # idempotent
+        assert engine.state()["announced_requests"] == 0
+    finally:
+        await provider.close()
+
+
+def test_requests_over_http_release_their_announcements(tiny_llama: Path):
+    """Every way a request ends (streamed, whole, completions, a refused request, a client that leaves
+    mid-stream) releases its announcement, so an idle engine never waits for requests that are not coming."""
+    import time
+
+    import higgs.metrics
+    import httpx
+    import openai
+    from higgs.testing import build_app, serve_in_thread
+    from mlx_support import LlamaArchPlugin
+
+    import higgs_mlx
+
+    app = build_app({"server": {"gather_ms": 5000}, "models": [{"path": str(tiny_llama), "name": "tiny"}]},
+                    plugins=[("mlx", higgs_mlx), ("test-arch-llama", LlamaArchPlugin()), ("metrics", higgs.metrics)])
+    with serve_in_thread(app, timeout=120) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "hello there"}]
+        started = time.perf_counter()
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+        "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=4, stream=True) if c.choices)
+        client.completions.create(model="tiny", prompt="once upon", max_tokens=4)
+        list(client.completions.create(model="tiny", prompt="once upon", max_tokens=4, stream=True))
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, n=2)
+        with httpx.stream("POST", url + "/v1/chat/completions", timeout=60, json={
+                "model": "tiny", "messages": messages, "max_tokens": 500, "stream": True}) as r:
+            next(r.iter_lines())  # leave after the first line
+        assert time.perf_counter() - started < 5  # no request waited for the 5 s bound
+        for _ in range(100):
+            engine = httpx.get(url + "/metrics", timeout=10).json()["engine"]
+            state = next(v for v in engine.values() if isinstance(v, dict) and "announced_requests" in v)
+            if state["announced_requests"] == 0 and state["active_requests"] == 0:
+                break
+            time.sleep(0.05)
+        assert state["announced_requests"] == 0 and state["active_requests"] == 0
+
+
 async def test_batched_output_equals_the_unbatched_engine(tiny_llama: Path):
     off = make_provider([(tiny_llama, "tiny")], batch=False, prefix_cache_mb=0)
     await off.start()
@@ -365,6 +480,9 @@ def test_engine_options_from_server_settings():
     with pytest.raises(ModelLoadError, match="attention_kernel must be true or false"):
         engine_options(ServerSettings(attention_kernel="yes"))
     assert engine_options(ServerSettings(prefill_padding=True))["prefill_padding"] is True
+    assert engine_options(ServerSettings(gather_ms=0))["gather_ms"] == 0.0
+    with pytest.raises(ModelLoadError, match="gather_ms must be a number"):
+        engine_options(ServerSettings(gather_ms="soon"))
 
 
 async def test_overload_over_http_in_each_format(tiny_llama: Path):
