@@ -97,7 +97,7 @@ def group_call(engine: Any, lm: Any, prompts: list[list[int]], padded: bool = Fa
         for job in jobs:
             job.cache = make_prompt_cache(lm.model)
         start = time.perf_counter()
-        _, tokens, _ = prefill_group(jobs, 2048, padded)
+        _, tokens, _, _ = prefill_group(jobs, 2048, padded)
         mx.eval(tokens)
         return time.perf_counter() - start
 

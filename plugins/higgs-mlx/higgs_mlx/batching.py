@@ -313,12 +313,12 @@ def sample_rows(jobs: list[Job], logits: Any, tokens: Any | None) -> tuple[Any, 
     return mx.concatenate(rows_y), mx.concatenate(rows_lp)
 
 
-def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[list[Any], Any, Any]:
+def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[list[Any], Any, Any, Any]:
     """Prefill several prompts of one model in padded calls, as mlx-lm's ``BatchGenerator`` does: the
     rows' caches (empty, or holding a prefix-cache hit: ``job.pos`` tokens) merged left-padded, the rest of
     every prompt but its last token right-padded (the caches' ``prepare``/``finalize`` roll the padding to
     the left), then every last token in one step. Returns (batch cache, first tokens ``(B,)``, logprobs
-    ``(B, vocab)``).
+    ``(B, vocab)``, the logits those came from ``(B, vocab)``, before any processor).
 
     ``padded``: pad the calls' width and row count to the few shapes of ``prefill_shapes`` (models whose
     caches allow it)."""
@@ -365,4 +365,4 @@ def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[li
     last = mx.array([job.prompt[-1] for job in jobs])
     logits = model(last[:, None], cache=cache)[:, -1, :]
     y, logprobs = sample_rows(jobs, logits, None)
-    return cache, y, logprobs
+    return cache, y, logprobs, logits

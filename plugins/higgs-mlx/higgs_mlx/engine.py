@@ -138,6 +138,8 @@ class Job:
     embeds: Any = None
     #: Prompt tokens whose KV came from the prefix cache.
     cached: int = 0
+    #: An exact repeat's stored logits after its last prompt token (the prefix cache had every token).
+    final_logits: Any = None
     #: Whether the prompt's KV goes into the prefix cache after prefill.
     cache_prefix: bool = False
     in_batch: bool = False
@@ -468,6 +470,7 @@ class Engine:
             hit = self.prefix.lookup(id(job.lm), job.prompt)
             if hit.cache is not None:
                 job.cache, job.pos, job.cached = hit.cache, hit.tokens, hit.tokens
+                job.final_logits = hit.logits
                 if job.processors:
                     job.history = mx.array(job.prompt[: job.pos])
         self._active.append(job)
@@ -553,7 +556,7 @@ class Engine:
 
         groups: dict[int, list[Job]] = {}
         for job in self._active:
-            if (job.prefilling and not job.cancelled and job.embeds is None
+            if (job.prefilling and not job.cancelled and job.embeds is None and job.pos < len(job.prompt)
                     and len(job.prompt) - job.pos <= self.prefill_chunk and self._batching(job)):
                 group = groups.setdefault(id(job.lm), [])
                 width = max(len(j.prompt) - j.pos for j in [job, *group])
@@ -566,11 +569,12 @@ class Engine:
                 continue
             try:
                 with mx.stream(self._stream):
-                    cache, y, logprobs = prefill_group(jobs, chunk, self.prefill_padding)
+                    cache, y, logprobs, logits = prefill_group(jobs, chunk, self.prefill_padding)
                     stored: list[Any] = []
                     for i, job in enumerate(jobs):
                         if job.cache_prefix:
-                            stored += self.prefix.insert(id(job.lm), job.prompt, [c.extract(i) for c in cache])
+                            stored += self.prefix.insert(id(job.lm), job.prompt, [c.extract(i) for c in cache],
+                                                         logits[i])
                     mx.async_eval(y, logprobs, *stored)  # type: ignore[no-untyped-call]
             except Exception as err:
                 log.exception("batched prefill failed")
@@ -660,11 +664,16 @@ class Engine:
 
     def _forward(self, job: Job, tokens: Any, **embeds: Any) -> tuple[Any, Any]:
         """One model call on ``tokens`` -> (sampled token, log-probabilities), like mlx-lm's ``_step``."""
+        return self._sample(job, job.lm.model(tokens[None], cache=job.cache, **embeds)[:, -1, :], tokens)
+
+    def _sample(self, job: Job, logits: Any, tokens: Any | None) -> tuple[Any, Any]:
+        """``logits`` ``(1, vocab)`` after ``tokens`` (appended to the processors' history) -> (sampled token,
+        log-probabilities)."""
         import mlx.core as mx
 
-        logits = job.lm.model(tokens[None], cache=job.cache, **embeds)[:, -1, :]
         if job.processors:
-            job.history = tokens if job.history is None else mx.concatenate([job.history, tokens])
+            if tokens is not None:
+                job.history = tokens if job.history is None else mx.concatenate([job.history, tokens])
             for processor in job.processors:
                 logits = processor(job.history, logits)
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
@@ -677,6 +686,12 @@ class Engine:
 
         used = 0
         with mx.stream(self._stream):
+            if job.final_logits is not None:  # an exact repeat: its first token from the stored logits
+                job.pending = self._sample(job, job.final_logits[None], None)
+                mx.async_eval(*job.pending)  # type: ignore[no-untyped-call]
+                job.final_logits = job.embeds = None
+                job.prefilling = False
+                return 0
             while used < budget:
                 remaining = len(job.prompt) - job.pos - 1
                 if remaining > 0:
@@ -699,8 +714,11 @@ class Engine:
                     used += n
                     continue
                 used += len(job.prompt) - job.pos
-                y, logprobs = self._forward(job, mx.array(job.prompt[job.pos :]), **_embeds(job, job.pos, None))
-                stored = self.prefix.insert(id(job.lm), job.prompt, job.cache) if job.cache_prefix else []
+                last = mx.array(job.prompt[job.pos :])
+                logits = job.lm.model(last[None], cache=job.cache, **_embeds(job, job.pos, None))[:, -1, :]
+                y, logprobs = self._sample(job, logits, last)
+                stored = (self.prefix.insert(id(job.lm), job.prompt, job.cache, logits[0]) if job.cache_prefix
+                          else [])
                 mx.async_eval(y, logprobs, *stored)  # type: ignore[no-untyped-call]
                 job.embeds = None
                 job.pos = len(job.prompt)

@@ -7,8 +7,14 @@ prompt walks the tree from the root; the KV blocks along the matched path are co
 its prompt, so requests that share a system prompt, tool definitions or earlier turns of a conversation
 reuse each other's work.
 
-Memory: the tree holds at most ``budget_bytes`` of KV arrays; inserting beyond that evicts least recently
-used leaves (a node is touched whenever a lookup passes through it). A budget of 0 disables the cache.
+A node where an inserted prompt ends also keeps that prompt's last logits (the model's output after its
+last token, before any logits processor; one row of the vocabulary). An exact repeat of the prompt is then
+a hit of all its tokens: the first new token is sampled from the stored row, and no model call is needed
+before decoding starts. Any other prompt leaves at least one token to compute.
+
+Memory: the tree holds at most ``budget_bytes`` of KV arrays and stored logits; inserting beyond that
+evicts least recently used leaves (a node is touched whenever a lookup passes through it). A budget of 0
+disables the cache.
 
 Only plain ``KVCache`` layers can be rebuilt from a prefix. Sliding-window layers (``RotatingKVCache``)
 forget old positions and SSM layers (``ArraysCache``) hold a state that cannot be cut at an arbitrary
@@ -37,18 +43,23 @@ class _Node:
     parent: _Node | None
     children: dict[int, _Node] = field(default_factory=dict)
     last_used: float = 0.0
+    #: The logits after this node's last token, where an inserted prompt ended here.
+    logits: Any = None
 
     @property
     def nbytes(self) -> int:
-        return sum(int(k.nbytes) + int(v.nbytes) for k, v in self.kv)
+        stored = int(self.logits.nbytes) if self.logits is not None else 0
+        return stored + sum(int(k.nbytes) + int(v.nbytes) for k, v in self.kv)
 
 
 @dataclass
 class PrefixHit:
-    """The result of a lookup: how many prompt tokens are cached, and a cache holding them (or None)."""
+    """The result of a lookup: how many prompt tokens are cached, and a cache holding them (or None); for an
+    exact repeat (every token cached), the stored logits after the prompt's last token."""
 
     tokens: int
     cache: list[Any] | None
+    logits: Any = None
 
 
 class PrefixCache:
@@ -93,8 +104,9 @@ class PrefixCache:
 
     # -- lookup -------------------------------------------------------------------------------------
     def lookup(self, key: int, prompt: list[int]) -> PrefixHit:
-        """The longest cached prefix of ``prompt`` (at most ``len(prompt) - 1`` tokens, so at least one
-        token is left to compute logits from), as a fresh list of ``KVCache`` layers."""
+        """The longest cached prefix of ``prompt``, as a fresh list of ``KVCache`` layers: every token
+        where the prompt was inserted before and its last logits are stored, else at most
+        ``len(prompt) - 1`` tokens (at least one is left to compute logits from)."""
         import mlx.core as mx
         from mlx_lm.models.cache import KVCache
 
@@ -102,7 +114,7 @@ class PrefixCache:
             return PrefixHit(0, None)
         self.lookups += 1
         self.lookup_tokens += len(prompt)
-        limit = len(prompt) - 1
+        limit = len(prompt)
         node = self._roots.get(key)
         blocks: list[tuple[_Node, int]] = []  # (node, how many of its tokens are used)
         matched = 0
@@ -120,6 +132,17 @@ class PrefixCache:
             if n < len(child.tokens):
                 break
             node = child
+        logits = None
+        if matched == len(prompt):
+            last, n = blocks[-1]
+            if n == len(last.tokens) and last.logits is not None:
+                logits = last.logits
+            else:  # keep one token to compute
+                matched -= 1
+                if n == 1:
+                    blocks.pop()
+                else:
+                    blocks[-1] = (last, n - 1)
         if not matched:
             return PrefixHit(0, None)
         layers = len(blocks[0][0].kv)
@@ -134,16 +157,18 @@ class PrefixCache:
             cache.append(c)
         self.hits += 1
         self.hit_tokens += matched
-        return PrefixHit(matched, cache)
+        return PrefixHit(matched, cache, logits)
 
     # -- insert -------------------------------------------------------------------------------------
-    def insert(self, key: int, prompt: list[int], cache: list[Any]) -> list[Any]:
+    def insert(self, key: int, prompt: list[int], cache: list[Any], logits: Any = None) -> list[Any]:
         """Store the KV of ``prompt`` (held by ``cache``, whose first ``len(prompt)`` positions are the
-        prompt's) where the tree lacks it. Returns the new arrays (to be evaluated by the caller)."""
+        prompt's) where the tree lacks it, and ``logits`` (the model's output row after the prompt's last
+        token) where it ends. Returns the new arrays (to be evaluated by the caller)."""
         import mlx.core as mx
 
         if len(prompt) < MIN_TOKENS or not self.enabled:
             return []
+        stored = [] if logits is None else [mx.contiguous(logits)]
         root = self._roots.setdefault(key, _Node([], [], None))
         node, pos = root, 0
         now = time.monotonic()
@@ -156,17 +181,22 @@ class PrefixCache:
             if n < len(child.tokens):
                 child = self._split(child, n)
             node, pos = child, pos + n
-        if pos >= len(prompt):
-            return []
+        if pos >= len(prompt):  # every token is in the tree already; the prompt ends at ``node``
+            if not stored or node.logits is not None:
+                return []
+            node.logits = stored[0]
+            self.nbytes += int(node.logits.nbytes)
+            self._evict(protect=node)
+            return stored
         kv = []
         for c in cache:
             k, v = c.keys[..., pos : len(prompt), :], c.values[..., pos : len(prompt), :]
             kv.append((mx.contiguous(k), mx.contiguous(v)))
-        leaf = _Node(list(prompt[pos:]), kv, node, last_used=now)
+        leaf = _Node(list(prompt[pos:]), kv, node, last_used=now, logits=stored[0] if stored else None)
         node.children[leaf.tokens[0]] = leaf
         self.nbytes += leaf.nbytes
         self._evict(protect=leaf)
-        return [a for pair in kv for a in pair]
+        return [a for pair in kv for a in pair] + stored
 
     def _split(self, node: _Node, n: int) -> _Node:
         """Cut ``node``'s edge after ``n`` tokens; return the new upper node (the parent of ``node``)."""

@@ -64,7 +64,7 @@ async def test_hits_give_the_cold_tokens(cold, warm):
     r1 = await warm.chat(first, call_context())
     assert r1.usage.cached_tokens == 0
     r2 = await warm.chat(again, call_context())
-    assert r2.usage.cached_tokens == r2.usage.input_tokens - 1  # all but the last token
+    assert r2.usage.cached_tokens == r2.usage.input_tokens  # every token: the first output from stored logits
     r3 = await warm.chat(other, call_context())
     assert r3.usage.cached_tokens == shared
     turn2 = _chat("x")
@@ -83,6 +83,30 @@ async def test_hits_give_the_cold_tokens(cold, warm):
     assert state["prefix_cache_hits"] == 3 and state["prefix_cache_lookups"] == 4
     assert state["prefix_cache_bytes"] > 0 and state["prefix_cache_hit_rate"] == 0.75
     assert cold.state()["prefix_cache_lookups"] == 0
+
+
+async def test_exact_repeats_sample_from_the_stored_logits(cold, warm):
+    """An exact repeat is a hit of every prompt token and starts from the logits stored with the prompt: the
+    same tokens as a cold run for greedy, seeded sampling and logits processors (penalty, bias), alone and
+    several at once (a group, then the batch)."""
+    import asyncio
+
+    samplings = [Sampling(temperature=0, logprobs=True),
+                 Sampling(temperature=0.9, top_p=0.9, seed=11, logprobs=True),
+                 Sampling(temperature=0, repetition_penalty=1.3, logit_bias={"70": 2.0}, logprobs=True)]
+    requests = [_chat(f"repeat me, variant {i}", max_tokens=10) for i in range(len(samplings))]
+    for request, sampling in zip(requests, samplings, strict=True):
+        request.sampling = sampling
+    references = [await cold.chat(r, call_context()) for r in requests]
+    for request in requests:
+        first = await warm.chat(request, call_context())
+        assert first.usage.cached_tokens < first.usage.input_tokens
+    alone = [await warm.chat(r, call_context()) for r in requests]
+    together = await asyncio.gather(*(warm.chat(r, call_context()) for r in requests))
+    for reference, *hits in zip(references, alone, together, strict=True):
+        for hit in hits:
+            assert hit.usage.cached_tokens == hit.usage.input_tokens
+            assert _ids(hit) == _ids(reference)
 
 
 async def test_hits_inside_a_running_batch(cold, warm):
@@ -131,6 +155,7 @@ def test_radix_tree_splits_and_concatenates():
     assert hit.cache[0].values[0, 1, :, 2].tolist() == [-float(t) for t in b[:25]]
     full = tree.lookup(1, a)
     assert full.tokens == len(a) - 1 and _positions(full.cache) == a[:-1]  # one token left to compute
+    assert full.logits is None
     assert tree.lookup(2, a).tokens == 0  # another model
     assert tree.lookup(1, [1, 2, 3] * 10).tokens == 0
 
@@ -140,6 +165,28 @@ def test_radix_tree_splits_and_concatenates():
     grown = hit.cache[0]
     grown.update_and_fetch(mx.zeros((1, 2, 3, 4)), mx.zeros((1, 2, 3, 4)))
     assert grown.offset == 28 and _positions([grown])[:25] == b[:25]
+
+
+def test_stored_logits_make_an_exact_repeat_a_full_hit():
+    import mlx.core as mx
+
+    tree = PrefixCache(1 << 30)
+    a = list(range(100, 140))
+    row = mx.arange(50, dtype=mx.float32)
+    tree.insert(1, a, _fake_cache(a), row)
+    kv_bytes = sum(int(c.keys[..., :40, :].nbytes + c.values[..., :40, :].nbytes) for c in _fake_cache(a))
+    assert tree.nbytes == kv_bytes + int(row.nbytes)
+    hit = tree.lookup(1, a)
+    assert hit.tokens == len(a) and _positions(hit.cache) == a and hit.logits.tolist() == row.tolist()
+    assert tree.lookup(1, a[:30]).logits is None and tree.lookup(1, a[:30]).tokens == 29
+    tree.insert(1, a[:20] + [7] * 10, _fake_cache(a[:20] + [7] * 10))  # splits a's edge: its logits stay at its end
+    assert tree.lookup(1, a).logits.tolist() == row.tolist()
+    assert tree.lookup(1, a[:20] + [7] * 10).tokens == 29  # inserted without logits
+    short = a[:20]  # a prompt that ends where the split is: its logits go on the upper node
+    tree.insert(1, short, _fake_cache(short), row * 2)
+    assert tree.lookup(1, short).tokens == 20 and tree.lookup(1, short).logits.tolist() == (row * 2).tolist()
+    assert tree.lookup(1, a).logits.tolist() == row.tolist()
+    assert tree.nbytes == sum(n.nbytes for n in tree._nodes())
 
 
 def test_lru_eviction_keeps_the_budget():
@@ -194,13 +241,16 @@ def test_cached_tokens_in_both_apis(served):
     hot = oai.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
     assert hot.choices[0].message.content == cold.choices[0].message.content
     assert hot.usage.prompt_tokens == cold.usage.prompt_tokens
-    assert hot.usage.prompt_tokens_details.cached_tokens == hot.usage.prompt_tokens - 1
+    assert hot.usage.prompt_tokens_details.cached_tokens == hot.usage.prompt_tokens  # an exact repeat
 
     message = claude.messages.create(model="tiny", max_tokens=8, system=SYSTEM, extra_body={"temperature": 0},
                                      messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].text == cold.choices[0].message.content
-    assert message.usage.cache_read_input_tokens == cold.usage.prompt_tokens - 1
-    assert message.usage.input_tokens == 1
+    assert message.usage.cache_read_input_tokens == cold.usage.prompt_tokens
+    assert message.usage.input_tokens == 0
+    turn = claude.messages.create(model="tiny", max_tokens=8, system=SYSTEM, extra_body={"temperature": 0},
+                                  messages=[{"role": "user", "content": "hi, again"}])
+    assert 0 < turn.usage.cache_read_input_tokens < turn.usage.cache_read_input_tokens + turn.usage.input_tokens
 
 
 async def test_metrics_show_the_engine_numbers(served):
