@@ -275,17 +275,20 @@ def test_count_tokens_includes_image_positions(oai, claude):
 def test_prefix_cache_hits_only_on_the_same_image(oai):
     """The engine's token-keyed prefix cache reuses an image's KV-cache for the same image (the image
     positions carry ids derived from its hash) and never for another image behind the same text."""
-    def cached(data: bytes, text: str) -> tuple[int, int]:
-        reply = oai.chat.completions.create(model="nano", max_tokens=2, temperature=0, messages=[
+    def cached(data: bytes, text: str) -> tuple[int, int, str]:
+        reply = oai.chat.completions.create(model="nano", max_tokens=4, temperature=0, messages=[
             {"role": "user", "content": [_oai_image(data), {"type": "text", "text": text}]}])
         details = reply.usage.prompt_tokens_details
-        return (details.cached_tokens if details else 0) or 0, reply.usage.prompt_tokens
+        hit = (details.cached_tokens if details else 0) or 0
+        return hit, reply.usage.prompt_tokens, reply.choices[0].message.content or ""
 
     text = "Tell me what is going on in this picture, in detail."
-    cached(_png(21), text)
-    hit, total = cached(_png(21), text)
-    assert hit > 729 and hit < total  # the image and the text after it came from the cache
-    miss, _ = cached(_png(22), text)
+    _, _, cold = cached(_png(21), text)
+    hit, total, again = cached(_png(21), text)
+    assert hit == total and again == cold  # an exact repeat: the image and the text came from the cache
+    part, total, _ = cached(_png(21), text + " Briefly.")
+    assert 729 < part < total  # the image and the text up to the new words
+    miss, _, _ = cached(_png(22), text)
     assert miss < 729  # at most the text before the image
 
 
