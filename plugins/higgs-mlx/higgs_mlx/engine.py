@@ -556,8 +556,11 @@ class Engine:
 
         groups: dict[int, list[Job]] = {}
         for job in self._active:
-            if (job.prefilling and not job.cancelled and job.embeds is None and job.pos < len(job.prompt)
-                    and len(job.prompt) - job.pos <= self.prefill_chunk and self._batching(job)):
+            # not started (nothing computed beyond a cache hit: a long prompt's chunks keep their bound) and
+            # not an exact repeat (its first token comes from stored logits)
+            if (job.prefilling and not job.cancelled and job.embeds is None and job.pos == job.cached
+                    and job.final_logits is None and len(job.prompt) - job.pos <= self.prefill_chunk
+                    and self._batching(job)):
                 group = groups.setdefault(id(job.lm), [])
                 width = max(len(j.prompt) - j.pos for j in [job, *group])
                 if width * (len(group) + 1) > budget and group:

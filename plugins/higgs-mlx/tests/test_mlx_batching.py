@@ -148,6 +148,40 @@ async def test_prompts_with_prefix_hits_are_prefilled_together(batch_provider, t
         await provider.close()
 
 
+async def test_a_long_prompt_keeps_its_interleaved_chunks_beside_a_group(tiny_llama: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    """Short prompts that arrive while a long one is halfway through its chunks are grouped among
+    themselves; the long prompt's rest is never pulled into their group (its chunks bound the pauses of
+    the running streams)."""
+    from higgs_mlx import engine as engine_module
+
+    groups: list[list[int]] = []  # the prompt lengths of each group
+    prefill_group = engine_module.prefill_group
+
+    def spy(jobs: list[Job], *args: Any) -> Any:
+        groups.append([len(job.prompt) for job in jobs])
+        return prefill_group(jobs, *args)
+
+    monkeypatch.setattr(engine_module, "prefill_group", spy)
+    provider = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0, prefill_chunk=64, interleave_chunk=16,
+                             interleave_ms=0)
+    await provider.start()
+    try:
+        engine, lm = provider.engine, provider.model("tiny")
+        specs: list[tuple[str, list[int], int, Sampling | None, float]] = [
+            ("runner", _ids(50, 10), 40, None, 0), ("long", _ids(51, 120), 4, None, 1),
+            ("short1", _ids(52, 20), 4, None, 5), ("short2", _ids(53, 24), 4, None, 5)]
+        together = await _run(engine, specs, lm)
+        solo = {}
+        for name, prompt, n, sampling, _ in specs:
+            solo.update(await _run(engine, [(name, prompt, n, sampling, 0)], lm))
+        assert together == solo
+        assert [20, 24] in groups or [24, 20] in groups, groups
+        assert not any(120 in group for group in groups), groups
+    finally:
+        await provider.close()
+
+
 async def test_an_idle_engine_gathers_the_announced_requests_into_one_prefill(tiny_llama: Path,
                                                                               monkeypatch: pytest.MonkeyPatch):
     """Requests announced with ``expect`` and submitted 30 ms apart (their templates still rendering) start as
