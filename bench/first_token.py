@@ -9,14 +9,15 @@ over HTTP (``bench/batching.py``) can be placed:
   last token into the cache, then the last token's logits). "new length" gives every repeat a length not
   seen before (what a server meets: every prompt has its own length), "same length" repeats one length
   (shapes MLX has met: anything built per shape, such as kernels or attention plans, is reused);
-- **model call, one token after a cached prefix**: the work of an exact prefix-cache hit, one token on a
-  cache holding ``--prefix`` positions (new or same length as above);
+- **model call, one token after a cached prefix**: the work of a prefix-cache hit with one token left to
+  compute, on a cache holding ``--prefix`` positions (new or same length as above);
 - **prompts prefilled together**: the engine's padded prefill of ``--burst`` fresh prompts at once (what a
   burst of requests gets), at a new padded width each repeat, at one width, and at a new row count;
 - **mlx-lm generate_step**: the time to the first token it yields for a fresh prompt;
 - **higgs engine, fresh prompt** and **higgs engine, prefix hit**: a ``Job`` through the engine thread
-  until its first token reaches an asyncio consumer, for a fresh prompt and for the exact repeat of a
-  ``--prefix``-token prompt; with the engine's counters (``/metrics``) split into prefill and decode;
+  until its first token reaches an asyncio consumer, for a fresh prompt, for the exact repeat of a
+  ``--prefix``-token prompt (no model call: the prefix cache stored its last logits) and for that prompt
+  with 16 new tokens after it; with the engine's counters (``/metrics``) split into prefill and decode;
 - **padded** rows: the same with ``prefill_padding`` (``higgs_mlx.prefill_shapes``: prefill calls padded to
   a few widths and row counts, so new lengths reuse shapes met before).
 
@@ -188,19 +189,23 @@ async def main_async(args: argparse.Namespace) -> int:
                                                                       for j in range(2 + i % (burst - 1))], True))
     rows["mlx-lm generate_step, fresh prompt"] = timed(
         runs, lambda i: run_mlx_lm(model, prompt(n + runs + i, seed + 200 + i), 2)[0])
-    splits: dict[str, list[dict[str, float]]] = {"fresh": [], "hit": []}
-    fresh, hit = [], []
+    splits: dict[str, list[dict[str, float]]] = {"fresh": [], "hit": [], "suffix": []}
+    fresh, hit, suffix = [], [], []
     for i in range(runs):
         seconds, split = await engine_first_token(engine, lm, prompt(n + i, seed + 300 + i))
         fresh.append(seconds * 1000)
         splits["fresh"].append(split)
         long = prompt(args.prefix + i, seed + 400 + i)
-        await run_higgs(engine, lm, long, 2)  # cold: its KV goes into the prefix cache
+        await run_higgs(engine, lm, long, 2)  # cold: its KV (and last logits) go into the prefix cache
         seconds, split = await engine_first_token(engine, lm, long)
         hit.append(seconds * 1000)
         splits["hit"].append(split)
+        seconds, split = await engine_first_token(engine, lm, long + prompt(16, seed + 450 + i))
+        suffix.append(seconds * 1000)
+        splits["suffix"].append(split)
     rows["higgs engine, fresh prompt"] = fresh
-    rows["higgs engine, prefix hit (exact repeat)"] = hit
+    rows["higgs engine, prefix hit (exact repeat: stored logits)"] = hit
+    rows["higgs engine, prefix hit + 16 new tokens"] = suffix
     padded = []
     for i in range(runs):
         fresh_prompt = prompt(n + i, seed + 1000 + i)
