@@ -160,8 +160,7 @@ class Arrival:
         """No longer expected (idempotent)."""
         engine, self._engine = self._engine, None
         if engine is not None:
-            with engine._incoming_lock:
-                engine._incoming -= 1
+            engine._announce(-1)
 
 
 @dataclass
@@ -283,9 +282,12 @@ class Engine:
         """Announce a request whose prompt is being prepared (template, tokenizer) and that will be submitted
         soon: an idle engine that is given work waits up to ``gather_ms`` for the announced ones, so
         requests sent together are prefilled together. Release the arrival once its job is submitted."""
-        with self._incoming_lock:
-            self._incoming += 1
+        self._announce(1)
         return Arrival(self)
+
+    def _announce(self, change: int) -> None:
+        with self._incoming_lock:
+            self._incoming += change
 
     def queued(self) -> int:
         """Jobs submitted but not yet started."""
