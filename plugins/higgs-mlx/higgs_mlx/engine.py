@@ -293,8 +293,13 @@ class Engine:
         """Jobs submitted but not yet started."""
         return self._inbox.qsize() + len(self._waiting)
 
-    def submit(self, job: Job) -> None:
-        """Queue a job; it starts at the next step (a dead engine or a full queue fails it at once)."""
+    def submit(self, job: Job, arrival: Arrival | None = None) -> None:
+        """Queue a job; it starts at the next step (a dead engine or a full queue fails it at once).
+
+        ``arrival`` (the job's announcement, ``expect``) is released just before the job is queued, so an
+        engine woken by the job finds it no longer announced and does not wait for it."""
+        if arrival is not None:
+            arrival.release()
         if self.crashed is not None:
             job.emit(Failed(RuntimeError(f"the local engine stopped after an error: {self.crashed}")))
             return

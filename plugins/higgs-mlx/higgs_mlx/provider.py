@@ -308,9 +308,7 @@ class MlxProvider(Provider):
 
         for index, job in enumerate(jobs):
             job.emit = emitter(index)
-            self.engine.submit(job)
-        if arrival is not None:
-            arrival.release()
+            self.engine.submit(job, arrival if index == len(jobs) - 1 else None)  # released with the last
         open_jobs = len(jobs)
         try:
             while open_jobs:
