@@ -21,7 +21,8 @@ sampler (own PRNG key) run on its own logits row. A batch of one row keeps the j
 With a ``CompiledDecoder`` (``compiled.py``: models whose layers are plain ``KVCache``s), the rows' KV
 lives in a ``StaticBatchCache`` instead, and each step is one call of the model's compiled step function
 (the same arithmetic, replayed without rebuilding the graph in Python). Rows joining are copied into that
-cache right-aligned beside the running ones (``add_rows``); rows leaving are filtered out of it.
+cache right-aligned beside the running ones (``add_blocks``: a group's rows in one copy per layer); rows
+leaving are filtered out of it.
 """
 
 from __future__ import annotations
@@ -222,12 +223,12 @@ class DecodeBatch:
         """Joiners into the ``StaticBatchCache``: their KV right-aligned beside the running rows'."""
         import mlx.core as mx
 
-        from higgs_mlx.compiled import StaticBatchCache, rows_from_kv_caches
+        from higgs_mlx.compiled import RowBlock, StaticBatchCache, rows_from_kv_caches
 
         groups, self._groups = self._groups, []
         grouped = {id(job) for jobs, *_ in groups for job in jobs}
         joiners, self._joining = [j for j in self._joining if id(j) not in grouped], []
-        kv: list[Any] = []  # the joining rows' KV
+        blocks: list[RowBlock] = []  # the joining rows' KV: a group's rows as one block
         rows = len(self.rows)  # the pending tokens may have a row per slot of the cache (compiled.slots)
         tokens = [self.tokens[:rows]] if self.tokens is not None else []
         logprobs = [self.logprobs[:rows]] if self.logprobs is not None else []
@@ -235,7 +236,7 @@ class DecodeBatch:
             keep = [i for i, job in enumerate(jobs) if not job.cancelled]
             if not keep:
                 continue
-            kv += [rows_from_kv_caches([c.extract(i) for c in cache]) for i in keep]
+            blocks.append(RowBlock.of_batch_cache(cache, keep))
             index = mx.array(keep)
             tokens.append(y[index])
             logprobs.append(lp[index])
@@ -243,17 +244,17 @@ class DecodeBatch:
         for job in joiners:
             y, lp = job.pending
             job.pending = None
-            kv.append(rows_from_kv_caches(job.cache))
+            blocks.append(RowBlock.of_row(rows_from_kv_caches(job.cache)))
             job.cache = None  # the batch owns it now
             tokens.append(y)
             logprobs.append(lp[None])
             self.rows.append(job)
-        if not kv:
+        if not blocks:
             return
         if self.cache is None:
-            self.cache = StaticBatchCache.from_rows(kv)
+            self.cache = StaticBatchCache.from_blocks(blocks)
         else:
-            self.cache.add_rows(kv)
+            self.cache.add_blocks(blocks)
         self.tokens = tokens[0] if len(tokens) == 1 else mx.concatenate(tokens)
         self.logprobs = logprobs[0] if len(logprobs) == 1 else mx.concatenate(logprobs)
 

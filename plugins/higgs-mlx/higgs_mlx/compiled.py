@@ -46,6 +46,39 @@ SLOT_STEP = 8
 RowKV = list[tuple[Any, Any]]
 
 
+@dataclass
+class RowBlock:
+    """The KV of ``n`` rows that share one length axis: per layer, ``(keys, values)`` of shape
+    ``(n, heads, length, dim)``, row ``r`` valid at ``[left[r], length)`` (right-aligned, as mlx-lm's
+    ``BatchKVCache`` holds them). Rows prefilled together join the buffers as one block: a copy per layer,
+    not one per row."""
+
+    kv: RowKV
+    left: list[int]
+
+    @property
+    def length(self) -> int:
+        return int(self.kv[0][0].shape[2])
+
+    @classmethod
+    def of_row(cls, row: RowKV) -> RowBlock:
+        return cls(row, [0])
+
+    @classmethod
+    def of_batch_cache(cls, cache: Sequence[Any], keep: list[int] | None = None) -> RowBlock:
+        """The rows of mlx-lm ``BatchKVCache`` layers (``keep``: only these rows, in this order)."""
+        import mlx.core as mx
+
+        *_, padding, end = cache[0].state  # keys, values, offsets, left padding, positions used
+        left: list[int] = padding.tolist()
+        index = None if keep is None or keep == list(range(len(left))) else mx.array(keep)
+        kv = []
+        for c in cache:
+            k, v = c.keys[..., :end, :], c.values[..., :end, :]
+            kv.append((k, v) if index is None else (k[index], v[index]))
+        return cls(kv, left if keep is None else [left[i] for i in keep])
+
+
 def capacity(n: int) -> int:
     """Buffer positions for ``n`` tokens: a multiple of 64, coarser for long contexts (at most 1/8 wasted),
     so the number of distinct shapes (and traces) stays small."""
@@ -138,51 +171,52 @@ class StaticBatchCache:
     @classmethod
     def from_rows(cls, rows: Sequence[RowKV], headroom: int | None = None) -> StaticBatchCache:
         """Right-align each row's KV at a common write index in new buffers."""
-        import mlx.core as mx
+        return cls.from_blocks([RowBlock.of_row(row) for row in rows], headroom)
 
+    @classmethod
+    def from_blocks(cls, blocks: Sequence[RowBlock], headroom: int | None = None) -> StaticBatchCache:
+        """Right-align the blocks' rows at a common write index in new buffers."""
         headroom = HEADROOM if headroom is None else headroom
-        lengths = [int(row[0][0].shape[2]) for row in rows]
-        write = max(lengths)
+        write = max(block.length for block in blocks)
         cap = capacity(write + headroom)
-        left = [write - n for n in lengths]
+        rows = sum(len(block.left) for block in blocks)
         keys: list[Any] = []
         values: list[Any] = []
-        for layer in range(len(rows[0])):
+        for layer in range(len(blocks[0].kv)):
             for out, which in ((keys, 0), (values, 1)):
-                parts = []
-                for row, pad in zip(rows, left, strict=True):
-                    x = row[layer][which]
-                    b, h, _, d = x.shape
-                    pieces = [x, mx.zeros((b, h, cap - write, d), x.dtype)]
-                    if pad:
-                        pieces.insert(0, mx.zeros((b, h, pad, d), x.dtype))
-                    parts.append(mx.concatenate(pieces, axis=2))
-                parts = _with_spares(parts)
-                out.append(parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0))
+                parts = [_placed(block.kv[layer][which], write, cap) for block in blocks]
+                parts += [parts[0][:1]] * (slots(rows) - rows)
+                out.append(_stacked(parts))
+        left = [pad + write - block.length for block in blocks for pad in block.left]
         return cls(keys, values, write, left)
 
     def add_rows(self, new: Sequence[RowKV]) -> None:
+        """``add_blocks`` of one-row blocks."""
+        self.add_blocks([RowBlock.of_row(row) for row in new])
+
+    def add_blocks(self, new: Sequence[RowBlock]) -> None:
         """Append rows to the buffers, right-aligned at the write index, in ``slots()`` of the new count.
 
-        Only the new rows are copied in. A new row longer than the write index moves it: the rows already
-        there shift right by the difference (padded on the left, the same number of free positions dropped
-        on the right) while the buffers have room for it, else the buffers are rebuilt (``from_rows``).
-        Rebuilding at every join cost the engine thread 14 ms of host time for one row joining 15 (a 28-layer
-        model's buffers, CPU host) and 23 ms at 32 rows, against about 1 ms for this; every running row
-        waits for it."""
+        Only the new rows are copied in, a block (rows prefilled together) with one copy per layer. A new
+        row longer than the write index moves it: the rows already there shift right by the difference
+        (padded on the left, the same number of free positions dropped on the right) while the buffers have
+        room for it, else the buffers are rebuilt (``from_blocks``). Rebuilding at every join cost the engine
+        thread 14 ms of host time for one row joining 15 (a 28-layer model's buffers, CPU host) and 23 ms at
+        32 rows, against about 1 ms for this; every running row waits for it."""
         import mlx.core as mx
 
-        lengths = [int(row[0][0].shape[2]) for row in new]
-        write = max([self.write, *lengths])
+        write = max([self.write, *(block.length for block in new)])
         cap = self.capacity
+        count = len(self.left)
         if write + HEADROOM > cap:
-            rebuilt = StaticBatchCache.from_rows([*self.rows(), *new])
+            running = RowBlock([(k[:count, :, : self.write], v[:count, :, : self.write])
+                                for k, v in zip(self.keys, self.values, strict=True)], list(self.left))
+            rebuilt = StaticBatchCache.from_blocks([running, *new])
             self.keys, self.values, self.write, self.left = rebuilt.keys, rebuilt.values, rebuilt.write, rebuilt.left
             self._left_array = None
             return
         shift = write - self.write
-        count = len(self.left)
-        spare = slots(count + len(new)) - count - len(new)
+        rows = count + sum(len(block.left) for block in new)
         buffers: tuple[list[Any], list[Any]] = ([], [])
         for layer in range(len(self.keys)):
             for which, old in enumerate((self.keys[layer], self.values[layer])):
@@ -191,17 +225,12 @@ class StaticBatchCache:
                 if shift:  # positions from cap - shift on are free (at or beyond the old write index)
                     kept = mx.concatenate([mx.zeros((count, heads, shift, dim), old.dtype),
                                            kept[:, :, : cap - shift]], axis=2)
-                parts = [kept]
-                for row, length in zip(new, lengths, strict=True):
-                    x = row[layer][which]
-                    pieces = [x, mx.zeros((1, heads, cap - write, dim), x.dtype)]
-                    if write > length:
-                        pieces.insert(0, mx.zeros((1, heads, write - length, dim), x.dtype))
-                    parts.append(mx.concatenate(pieces, axis=2))
-                parts += [kept[:1]] * spare
-                buffers[which].append(mx.concatenate(parts, axis=0))
+                parts = [kept, *(_placed(block.kv[layer][which], write, cap) for block in new)]
+                parts += [kept[:1]] * (slots(rows) - rows)
+                buffers[which].append(_stacked(parts))
         self.keys, self.values = buffers
-        self.left = [pad + shift for pad in self.left] + [write - length for length in lengths]
+        self.left = [pad + shift for pad in self.left] + [pad + write - block.length for block in new
+                                                           for pad in block.left]
         self.write = write
         self._left_array = None
 
@@ -236,6 +265,23 @@ class StaticBatchCache:
 
         self.keys = [wider(k) for k in self.keys]
         self.values = [wider(v) for v in self.values]
+
+
+def _placed(x: Any, write: int, cap: int) -> Any:
+    """``x`` ``(n, heads, length, dim)`` right-aligned at ``write`` in ``cap`` positions (zeros around)."""
+    import mlx.core as mx
+
+    n, heads, length, dim = x.shape
+    pieces = [x, mx.zeros((n, heads, cap - write, dim), x.dtype)]
+    if write > length:
+        pieces.insert(0, mx.zeros((n, heads, write - length, dim), x.dtype))
+    return mx.concatenate(pieces, axis=2)
+
+
+def _stacked(parts: list[Any]) -> Any:
+    import mlx.core as mx
+
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
 
 
 def rows_from_kv_caches(caches: Sequence[Any]) -> RowKV:

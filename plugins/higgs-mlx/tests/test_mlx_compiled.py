@@ -91,6 +91,46 @@ def test_rows_added_to_a_static_cache_are_the_rows_of_one_built_with_them(first:
             assert mx.array_equal(cache.keys[layer][spare], cache.keys[layer][0])
 
 
+@pytest.mark.parametrize(("first", "group", "keep"), [
+    ([], [9, 5, 7], None),  # a group into new buffers
+    ([12], [3, 7, 5, 6], [0, 2, 3]),  # beside a running row, one of the group cancelled
+    ([5], [9, 30], None),  # longer than the write index: the running row shifts right
+    ([60], [30, 62], [1]),  # no room left in 64 positions: rebuilt
+])
+def test_a_group_joins_as_one_block_with_the_rows_one_by_one_would_give(first: list[int], group: list[int],
+                                                                       keep: list[int] | None):
+    """Rows prefilled together (mlx-lm's left-padded ``BatchKVCache``) join as one block; the buffers hold
+    what joining the rows one by one holds."""
+    from mlx_lm.models.cache import KVCache
+
+    caches = []
+    for seed, n in enumerate(group):
+        layers = []
+        for k, v in _row(n, 20 + seed):
+            c = KVCache()
+            c.update_and_fetch(k, v)
+            layers.append(c)
+        caches.append(layers)
+    batch = [KVCache.merge([c[layer] for c in caches]) for layer in range(2)]
+    kept = keep if keep is not None else list(range(len(group)))
+    one_by_one = [compiled.rows_from_kv_caches([c.extract(i) for c in batch]) for i in kept]
+    block = compiled.RowBlock.of_batch_cache(batch, keep)
+    if first:
+        running = [_row(n, seed) for seed, n in enumerate(first)]
+        cache = compiled.StaticBatchCache.from_rows(running)
+        want = compiled.StaticBatchCache.from_rows(running)
+        cache.add_blocks([block])
+        want.add_rows(one_by_one)
+    else:
+        cache = compiled.StaticBatchCache.from_blocks([block])
+        want = compiled.StaticBatchCache.from_rows(one_by_one)
+    assert (cache.write, cache.left, cache.slots, cache.capacity) == (want.write, want.left, want.slots,
+                                                                      want.capacity)
+    for layer in range(2):
+        assert mx.array_equal(cache.keys[layer], want.keys[layer])
+        assert mx.array_equal(cache.values[layer], want.values[layer])
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("arch-models")
