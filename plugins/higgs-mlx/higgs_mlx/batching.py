@@ -314,6 +314,22 @@ def sample_rows(jobs: list[Job], logits: Any, tokens: Any | None) -> tuple[Any, 
     return mx.concatenate(rows_y), mx.concatenate(rows_lp)
 
 
+class RowView:
+    """One row of a batch cache layer as the prefix cache reads it: ``keys``/``values`` ``(1, heads, length,
+    dim)`` slices (no copy) of the row's valid positions."""
+
+    def __init__(self, keys: Any, values: Any) -> None:
+        self.keys, self.values = keys, values
+
+
+def row_views(cache: list[Any]) -> list[list[RowView]]:
+    """Each row's layers of mlx-lm ``BatchKVCache`` layers, as slices: unlike ``extract``, no copy and no
+    host sync per layer (the prefix cache copies what it keeps)."""
+    *_, padding, end = cache[0].state  # the layers of a batch cache share their padding
+    return [[RowView(c.keys[i : i + 1, :, pad:end], c.values[i : i + 1, :, pad:end]) for c in cache]
+            for i, pad in enumerate(padding.tolist())]
+
+
 def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[list[Any], Any, Any, Any]:
     """Prefill several prompts of one model in padded calls, as mlx-lm's ``BatchGenerator`` does: the
     rows' caches (empty, or holding a prefix-cache hit: ``job.pos`` tokens) merged left-padded, the rest of

@@ -35,7 +35,7 @@ from higgs.errors import ApiError
 from higgs.messages import StopReason
 
 from higgs_mlx import prefill_shapes
-from higgs_mlx.batching import DecodeBatch, can_batch, prefill_group
+from higgs_mlx.batching import DecodeBatch, can_batch, prefill_group, row_views
 from higgs_mlx.loader import LoadedModel, on_cpu
 from higgs_mlx.prefix_cache import PrefixCache
 from higgs_mlx.stops import StopMatcher
@@ -581,10 +581,10 @@ class Engine:
                 with mx.stream(self._stream):
                     cache, y, logprobs, logits = prefill_group(jobs, chunk, self.prefill_padding)
                     stored: list[Any] = []
-                    for i, job in enumerate(jobs):
-                        if job.cache_prefix:
-                            stored += self.prefix.insert(id(job.lm), job.prompt, [c.extract(i) for c in cache],
-                                                         logits[i])
+                    if any(job.cache_prefix for job in jobs):
+                        for i, (job, layers) in enumerate(zip(jobs, row_views(cache), strict=True)):
+                            if job.cache_prefix:
+                                stored += self.prefix.insert(id(job.lm), job.prompt, layers, logits[i])
                     mx.async_eval(y, logprobs, *stored)  # type: ignore[no-untyped-call]
             except Exception as err:
                 log.exception("batched prefill failed")

@@ -144,6 +144,11 @@ async def test_prompts_with_prefix_hits_are_prefilled_together(batch_provider, t
         assert await _run(engine, specs, lm) == cold
         assert engine.state()["prefix_cache_hits"] >= len(specs)
         assert any(len(rows) >= 2 and min(rows) > 0 for rows in groups), groups
+        # what the group stored (each row's KV and last logits) serves the exact repeats
+        for spec in specs:
+            before = engine.prefix.hit_tokens
+            assert await _run(engine, [spec], lm) == {spec[0]: cold[spec[0]]}
+            assert engine.prefix.hit_tokens - before == len(spec[1])  # every token: an exact repeat
     finally:
         await provider.close()
 
