@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +26,43 @@ def _job(lm: Any, prompt: list[int], n: int, outputs: asyncio.Queue, name: str, 
                emit=lambda item: loop.call_soon_threadsafe(outputs.put_nowait, (name, item)), **kw)
 
 
-async def _run(engine: Engine, specs: list[tuple[str, list[int], int, Sampling | None, float]], lm: Any
-               ) -> dict[str, list[int]]:
+async def _run(engine: Engine, specs: list[tuple[str, list[int], int, Sampling | None, float]], lm: Any,
+               leaving: Collection[str] = ()) -> dict[str, list[int]]:
     """Submit ``(name, prompt, max_tokens, sampling, delay_in_tokens)``; tokens produced per name.
 
-    A spec with a delay joins once the first job has produced that many tokens (mid-flight)."""
+    A spec with a delay joins once the first job has produced that many tokens (mid-flight); the jobs named
+    in ``leaving`` are cancelled after their second token (a client that left)."""
     outputs: asyncio.Queue = asyncio.Queue()
     tokens: dict[str, list[int]] = {name: [] for name, *_ in specs}
+    jobs: dict[str, Job] = {}
     later = sorted((s for s in specs if s[4] > 0), key=lambda s: s[4])
+
+    def submit(name: str, prompt: list[int], n: int, sampling: Sampling | None) -> None:
+        jobs[name] = _job(lm, prompt, n, outputs, name, sampling)
+        engine.submit(jobs[name])
+
     for name, prompt, n, sampling, delay in specs:
         if delay == 0:
-            engine.submit(_job(lm, prompt, n, outputs, name, sampling))
+            submit(name, prompt, n, sampling)
     done = 0
     produced = 0
     while done < len(specs):
         name, item = await asyncio.wait_for(outputs.get(), 60)
+        if jobs[name].cancelled:
+            continue
         if isinstance(item, Chunk) and item.logprobs:
             tokens[name].extend(e["id"] for e in item.logprobs)
             produced += 1
+            if name in leaving and len(tokens[name]) == 2:
+                jobs[name].cancel()
+                done += 1
         elif isinstance(item, Done):
             done += 1
         elif isinstance(item, Failed):
             raise item.error
         while later and produced >= later[0][4]:
             lname, lprompt, ln, lsampling, _ = later.pop(0)
-            engine.submit(_job(lm, lprompt, ln, outputs, lname, lsampling))
+            submit(lname, lprompt, ln, lsampling)
     return tokens
 
 
@@ -300,6 +313,55 @@ def test_requests_over_http_release_their_announcements(tiny_llama: Path):
                 break
             time.sleep(0.05)
         assert state["announced_requests"] == 0 and state["active_requests"] == 0
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+async def test_random_traffic_with_shared_prefixes_gives_the_solo_tokens(tiny_llama: Path, compiled: bool):
+    """Seeded random traffic: prompts sharing three heads (some cut short, some exact repeats), mixed
+    sampling, arrivals mid-flight and clients leaving after two tokens, three rounds through one engine with
+    the prefix cache, groups and the gather; every request that stays gets the tokens of a cold solo run."""
+    import random
+
+    rng = random.Random(5)
+    heads = [_ids(60 + i, rng.randrange(16, 60)) for i in range(3)]
+    specs: list[tuple[str, list[int], int, Sampling | None, float]] = []
+    for i in range(14):
+        head = rng.choice(heads)
+        prompt = head[: rng.randrange(1, len(head) + 1)] + _ids(80 + i, rng.randrange(0, 30))
+        if specs and rng.random() < 0.2:
+            prompt = list(rng.choice(specs)[1])
+        sampling = rng.choice([None, Sampling(temperature=0.8, seed=rng.randrange(100)),
+                               Sampling(temperature=0, repetition_penalty=1.2)])
+        specs.append((f"j{i}", prompt, rng.randrange(3, 14), sampling, rng.choice([0, 0, 0, 2, 5])))
+    assert len({tuple(prompt) for _, prompt, *_ in specs}) < len(specs)  # the seed gives exact repeats
+    cold = make_provider([(tiny_llama, "tiny")], prefix_cache_mb=0, batch=False)
+    await cold.start()
+    try:
+        solo = {}
+        for spec in specs:
+            solo.update(await _run(cold.engine, [(*spec[:4], 0)], cold.model("tiny")))
+    finally:
+        await cold.close()
+    provider = make_provider([(tiny_llama, "tiny")], compiled_decode=compiled, gather_ms=5)
+    await provider.start()
+    try:
+        engine, lm = provider.engine, provider.model("tiny")
+        left = 0
+        for _ in range(3):
+            leaving = {name for name, *_ in specs if rng.random() < 0.15}
+            left += len(leaving)
+            got = await _run(engine, specs, lm, leaving=leaving)
+            assert {n: t for n, t in got.items() if n not in leaving} == {
+                n: t for n, t in solo.items() if n not in leaving}
+        state = engine.state()
+        assert left and state["grouped_prompts"] > 0 and state["prefix_cache_hits"] > len(specs)
+        for _ in range(100):  # the last rows leave the batch just after their Done
+            if engine.state()["active_requests"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.state()["active_requests"] == 0 and engine.state()["announced_requests"] == 0
+    finally:
+        await provider.close()
 
 
 async def test_batched_output_equals_the_unbatched_engine(tiny_llama: Path):
