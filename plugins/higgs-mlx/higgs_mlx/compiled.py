@@ -235,7 +235,7 @@ class StaticBatchCache:
         self._left_array = None
 
     def rows(self) -> list[RowKV]:
-        """Each row's KV (its valid positions only), e.g. to rebuild the cache with more rows."""
+        """Each row's KV (its valid positions only)."""
         return [[(k[r : r + 1, :, pad : self.write, :], v[r : r + 1, :, pad : self.write, :])
                  for k, v in zip(self.keys, self.values, strict=True)]
                 for r, pad in enumerate(self.left)]

@@ -151,10 +151,17 @@ class Job:
 
 
 class Arrival:
-    """A request the engine will be given soon (``Engine.expect``): release it once submitted or dropped."""
+    """A request the engine will be given soon (``Engine.expect``): released when its job is submitted
+    (``Engine.submit``) or, as a context manager, at the latest when the request's code leaves the block."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine: Engine | None = engine
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def release(self) -> None:
         """No longer expected (idempotent)."""

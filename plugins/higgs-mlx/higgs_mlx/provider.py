@@ -8,6 +8,7 @@ turned into canonical stream events by an ``OutputParser`` + ``EventBuilder`` (s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import logging
@@ -293,8 +294,8 @@ class MlxProvider(Provider):
         }
 
     async def _run(self, jobs: list[Job], arrival: Arrival | None = None) -> AsyncIterator[tuple[int, EngineOutput]]:
-        """Submit ``jobs`` (then release their ``arrival``) and yield ``(job index, output)`` until each is
-        done; cancel them on exit."""
+        """Submit ``jobs`` (their ``arrival`` released with the last) and yield ``(job index, output)`` until
+        each is done; cancel them on exit."""
         loop = asyncio.get_running_loop()
         if self._mailbox is None or self._mailbox.loop is not loop:
             self._mailbox = _Mailbox(loop, self.engine)
@@ -362,50 +363,41 @@ class MlxProvider(Provider):
     async def _chat_events(self, request: ChatRequest,
                            logprobs: list[dict[str, Any]] | None) -> AsyncIterator[StreamEvent]:
         embeds = None
-        if vision.has_images(request):  # images: fetched, rendered and embedded by higgs_mlx.vision
-            lm, prepared = await vision.prepare_chat(self, request)
-            text, ids, embeds = prepared.text, prepared.ids, prepared.embeds
-            async for event in self._chat_job_events(request, logprobs, lm, text, ids, embeds, None):
-                yield event
-            return
-        arrival = self.engine.expect()  # text prompts of a burst are prefilled together
-        try:
-            lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
-            async for event in self._chat_job_events(request, logprobs, lm, text, ids, None, arrival):
-                yield event
-        finally:
-            arrival.release()
-
-    async def _chat_job_events(self, request: ChatRequest, logprobs: list[dict[str, Any]] | None,
-                               lm: LoadedModel, text: str, ids: list[int], embeds: Any,
-                               arrival: Arrival | None) -> AsyncIterator[StreamEvent]:
-        max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
-        kwargs = self._job_kwargs(request.sampling, lm)
-        # Compiling the index of a new schema takes seconds: keep it off the event loop (the processors
-        # touch MLX only when called, on the engine thread).
-        kwargs["processors"] += await asyncio.to_thread(self._extra_processors, request, lm, text, max_tokens)
-        job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None,
-                  ignore_eos=_ignore_eos(request.extra), embeds=embeds, **kwargs)
-        parser = self._output_parser(request, lm, text)
-        builder = EventBuilder()
-        yield StreamStart(id=new_id(), model=request.model, usage=Usage(input_tokens=len(ids)))
-        async for _, item in self._run([job], arrival):
-            if isinstance(item, Chunk):
-                if logprobs is not None and item.logprobs:
-                    logprobs.extend(item.logprobs)
-                for event in builder.push(parser.feed(item.text)) if item.text else ():
-                    yield event
-            elif isinstance(item, Done):
-                for event in builder.push(parser.finish()):
-                    yield event
-                usage = Usage(input_tokens=item.prompt_tokens, output_tokens=item.output_tokens,
-                              cached_tokens=item.cached_tokens)
-                for event in builder.finish(item.reason, usage, item.stop_sequence):
-                    yield event
-                return
+        images = vision.has_images(request)
+        # text prompts of a burst are prefilled together (images are prefilled alone: not announced)
+        with contextlib.nullcontext() if images else self.engine.expect() as arrival:
+            if images:  # fetched, rendered and embedded by higgs_mlx.vision
+                lm, prepared = await vision.prepare_chat(self, request)
+                text, ids, embeds = prepared.text, prepared.ids, prepared.embeds
             else:
-                yield StreamError(error=_error_info(item.error))
-                return
+                lm, text, ids = await asyncio.to_thread(self._prepare_chat, request)
+            max_tokens = self._max_tokens(request.max_tokens, len(ids), lm)
+            kwargs = self._job_kwargs(request.sampling, lm)
+            # Compiling the index of a new schema takes seconds: keep it off the event loop (the processors
+            # touch MLX only when called, on the engine thread).
+            kwargs["processors"] += await asyncio.to_thread(self._extra_processors, request, lm, text, max_tokens)
+            job = Job(lm=lm, prompt=ids, max_tokens=max_tokens, stops=list(request.stop), emit=lambda _: None,
+                      ignore_eos=_ignore_eos(request.extra), embeds=embeds, **kwargs)
+            parser = self._output_parser(request, lm, text)
+            builder = EventBuilder()
+            yield StreamStart(id=new_id(), model=request.model, usage=Usage(input_tokens=len(ids)))
+            async for _, item in self._run([job], arrival):
+                if isinstance(item, Chunk):
+                    if logprobs is not None and item.logprobs:
+                        logprobs.extend(item.logprobs)
+                    for event in builder.push(parser.feed(item.text)) if item.text else ():
+                        yield event
+                elif isinstance(item, Done):
+                    for event in builder.push(parser.finish()):
+                        yield event
+                    usage = Usage(input_tokens=item.prompt_tokens, output_tokens=item.output_tokens,
+                                  cached_tokens=item.cached_tokens)
+                    for event in builder.finish(item.reason, usage, item.stop_sequence):
+                        yield event
+                    return
+                else:
+                    yield StreamError(error=_error_info(item.error))
+                    return
 
     async def chat(self, request: ChatRequest, call: CallContext) -> ChatResponse:
         """Generate a full chat answer (the stream, folded)."""
@@ -442,65 +434,52 @@ class MlxProvider(Provider):
 
     async def complete_stream(self, request: CompletionRequest, call: CallContext) -> AsyncIterator[StreamEvent]:
         """Text completion as a stream; ``BlockDelta.index`` is the choice index."""
-        arrival = self.engine.expect()
-        try:
-            async for event in self._completion_events(request, arrival):
-                yield event
-        finally:
-            arrival.release()
-
-    async def _completion_events(self, request: CompletionRequest, arrival: Arrival) -> AsyncIterator[StreamEvent]:
-        _, jobs, echoes = await self._completion_jobs(request)
-        yield StreamStart(id=new_id("cmpl"), model=request.model,
-                          usage=Usage(input_tokens=sum(len(j.prompt) for j in jobs)))
-        started: set[int] = set()
-        reasons: list[StopReason | None] = [None] * len(jobs)
-        stop_seq: str | None = None
-        usage = Usage()
-        async for index, item in self._run(jobs, arrival):
-            if isinstance(item, Failed):
-                yield StreamError(error=_error_info(item.error))
-                return
-            if index not in started:
-                started.add(index)
-                yield BlockStart(index=index, block=TextBlock(text=""))
-                if echoes[index]:
-                    yield BlockDelta(index=index, delta=TextDelta(text=echoes[index]))
-            if isinstance(item, Chunk) and item.text:
-                yield BlockDelta(index=index, delta=TextDelta(text=item.text))
-            elif isinstance(item, Done):
-                reasons[index] = item.reason
-                stop_seq = stop_seq or item.stop_sequence
-                usage.input_tokens += item.prompt_tokens
-                usage.output_tokens += item.output_tokens
-                usage.cached_tokens += item.cached_tokens
-                yield BlockStop(index=index)
+        with self.engine.expect() as arrival:
+            _, jobs, echoes = await self._completion_jobs(request)
+            yield StreamStart(id=new_id("cmpl"), model=request.model,
+                              usage=Usage(input_tokens=sum(len(j.prompt) for j in jobs)))
+            started: set[int] = set()
+            reasons: list[StopReason | None] = [None] * len(jobs)
+            stop_seq: str | None = None
+            usage = Usage()
+            async for index, item in self._run(jobs, arrival):
+                if isinstance(item, Failed):
+                    yield StreamError(error=_error_info(item.error))
+                    return
+                if index not in started:
+                    started.add(index)
+                    yield BlockStart(index=index, block=TextBlock(text=""))
+                    if echoes[index]:
+                        yield BlockDelta(index=index, delta=TextDelta(text=echoes[index]))
+                if isinstance(item, Chunk) and item.text:
+                    yield BlockDelta(index=index, delta=TextDelta(text=item.text))
+                elif isinstance(item, Done):
+                    reasons[index] = item.reason
+                    stop_seq = stop_seq or item.stop_sequence
+                    usage.input_tokens += item.prompt_tokens
+                    usage.output_tokens += item.output_tokens
+                    usage.cached_tokens += item.cached_tokens
+                    yield BlockStop(index=index)
         reason = next((r for r in reasons if r is not None), "end_turn")
         yield StreamFinish(stop_reason=reason, stop_sequence=stop_seq, usage=usage)
 
     async def complete(self, request: CompletionRequest, call: CallContext) -> CompletionResponse:
         """Full text completion, one choice per prompt x ``n``."""
-        arrival = self.engine.expect()
-        try:
-            return await self._complete(request, arrival)
-        finally:
-            arrival.release()
-
-    async def _complete(self, request: CompletionRequest, arrival: Arrival) -> CompletionResponse:
-        _, jobs, echoes = await self._completion_jobs(request)
-        texts = list(echoes)
-        reasons: list[StopReason | None] = ["end_turn"] * len(jobs)
-        usage = Usage()
-        async for index, item in self._run(jobs, arrival):
-            if isinstance(item, Failed):
-                raise ApiError.from_info(_error_info(item.error))
-            if isinstance(item, Chunk):
-                texts[index] += item.text
-            elif isinstance(item, Done):
-                reasons[index] = item.reason
-                usage.input_tokens += item.prompt_tokens
-                usage.output_tokens += item.output_tokens
-                usage.cached_tokens += item.cached_tokens
+        with self.engine.expect() as arrival:
+            _, jobs, echoes = await self._completion_jobs(request)
+            texts = list(echoes)
+            reasons: list[StopReason | None] = ["end_turn"] * len(jobs)
+            usage = Usage()
+            async for index, item in self._run(jobs, arrival):
+                if isinstance(item, Failed):
+                    raise ApiError.from_info(_error_info(item.error))
+                if isinstance(item, Chunk):
+                    texts[index] += item.text
+                elif isinstance(item, Done):
+                    reasons[index] = item.reason
+                    usage.input_tokens += item.prompt_tokens
+                    usage.output_tokens += item.output_tokens
+                    usage.cached_tokens += item.cached_tokens
         return CompletionResponse(id=new_id("cmpl"), model=request.model, usage=usage,
                                   choices=[CompletionChoice(index=i, text=t, stop_reason=r)
                                            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))])
@@ -509,9 +488,8 @@ class MlxProvider(Provider):
 def engine_options(server: Any) -> dict[str, Any]:
     """``Engine`` keyword arguments from ``[server]``: ``batch`` (``--batch``), and the optional keys
     ``max_batch``, ``max_queue``, ``prefill_chunk``, ``interleave_chunk``, ``interleave_ms``, ``gather_ms``,
-    ``group_prefill``,
-    ``compiled_decode``, ``attention_kernel`` and ``prefill_padding`` (true/false) and ``prefix_cache_mb`` (0
-    turns the prefix cache off)."""
+    ``group_prefill``, ``compiled_decode``, ``attention_kernel`` and ``prefill_padding`` (true/false) and
+    ``prefix_cache_mb`` (0 turns the prefix cache off)."""
     from higgs_mlx import engine as engine_mod
 
     options: dict[str, Any] = {}
