@@ -325,9 +325,11 @@ class RowView:
 def row_views(cache: list[Any]) -> list[list[RowView]]:
     """Each row's layers of mlx-lm ``BatchKVCache`` layers, as slices: unlike ``extract``, no copy and no
     host sync per layer (the prefix cache copies what it keeps)."""
-    *_, padding, end = cache[0].state  # the layers of a batch cache share their padding
-    return [[RowView(c.keys[i : i + 1, :, pad:end], c.values[i : i + 1, :, pad:end]) for c in cache]
-            for i, pad in enumerate(padding.tolist())]
+    from higgs_mlx.compiled import RowBlock
+
+    block = RowBlock.of_batch_cache(cache)
+    return [[RowView(k[i : i + 1, :, pad:], v[i : i + 1, :, pad:]) for k, v in block.kv]
+            for i, pad in enumerate(block.left)]
 
 
 def prefill_group(jobs: list[Job], chunk: int, padded: bool = False) -> tuple[list[Any], Any, Any, Any]:
